@@ -1,0 +1,5 @@
+"""Training criteria."""
+
+from .set_criterion import SetCriterion
+
+__all__ = ["SetCriterion"]

@@ -1,0 +1,212 @@
+"""`DETRBase`: what every DETR-family detector does around its transformer, written once.
+
+Input contract (detectron2/detrex): a list of dicts with ``"image"`` (uint8 or float (3, H, W) tensor in
+the model's pixel format, already augmented/resized), optional ``"height"``/``"width"`` (the size to
+report detections at, usually the original image size) and, in training, ``"instances"``
+(`Instances` with ``gt_boxes`` absolute XYXY in augmented-image pixels and ``gt_classes``).
+
+Output: in training, the criterion's loss dict with the ``criterion.weight_dict`` weights applied; in
+eval, ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` at the requested size.
+
+A subclass sets ``self.criterion`` and implements ``forward_raw(images, targets)`` returning
+``{"pred_logits": (B, Q, K), "pred_boxes": (B, Q, 4) normalized cxcywh, "aux_outputs": [...]}``.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from detrex.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from detrex.structures import Boxes, ImageList, Instances
+
+__all__ = ["DETRBase", "detector_postprocess"]
+
+IMAGENET_PIXEL_MEAN = (123.675, 116.280, 103.530)
+IMAGENET_PIXEL_STD = (58.395, 57.120, 57.375)
+
+
+def detector_postprocess(results: Instances, output_height: int, output_width: int) -> Instances:
+    """Rescale detections from the network input size to (output_height, output_width), clip them to
+    that size and drop empty boxes (detectron2 semantics).
+
+    Args:
+        results: `Instances` whose ``image_size`` is the network input size and ``pred_boxes`` absolute
+            XYXY in that size.
+    """
+    scale_x = output_width / results.image_size[1]
+    scale_y = output_height / results.image_size[0]
+    results = Instances((output_height, output_width), **results.get_fields())
+    boxes = results.pred_boxes
+    boxes.scale(scale_x, scale_y)
+    boxes.clip(results.image_size)
+    return results[boxes.nonempty()]
+
+
+class DETRBase(nn.Module):
+    """Base class of DETR-family detectors (image normalization, padding masks, targets, aux outputs,
+    top-k inference, post-processing, weighted losses).
+
+    Args:
+        pixel_mean, pixel_std: per-channel normalization (0-255 scale), stored as non-persistent buffers
+            so they follow ``model.to(device)`` and are not in the state dict.
+        select_box_nums_for_evaluation: k of the top-k selection over queries x classes at inference.
+        size_divisibility: pad the batch to a multiple of this (0: to the largest image only).
+        device: accepted for compatibility with detrex configs and ignored; move the model with
+            ``model.to(device)`` (the trainer does this).
+    """
+
+    def __init__(
+        self,
+        pixel_mean: Sequence[float] = IMAGENET_PIXEL_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_PIXEL_STD,
+        select_box_nums_for_evaluation: int = 300,
+        size_divisibility: int = 0,
+        device: Optional[str] = None,
+    ):
+        super().__init__()
+        mean = torch.tensor([float(x) for x in pixel_mean]).view(-1, 1, 1)
+        std = torch.tensor([float(x) for x in pixel_std]).view(-1, 1, 1)
+        if mean.numel() != std.numel():
+            raise ValueError(f"pixel_mean ({mean.numel()} values) and pixel_std ({std.numel()}) differ in length")
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        self.size_divisibility = size_divisibility
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalize each ``x["image"]`` ((C, H, W), any dtype) and pad the batch at the bottom/right with
+        0 (after normalization). ``image_sizes`` keeps each unpadded (h, w)."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if "image" not in x:
+                raise KeyError(f"batched_inputs[{i}] has no 'image' (keys: {sorted(x)}); expected a (C, H, W) tensor")
+            img = x["image"].to(self.device)
+            images.append((img - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, size_divisibility=self.size_divisibility, pad_value=0.0)
+
+    @staticmethod
+    def padding_mask(images: ImageList) -> torch.Tensor:
+        """(B, H, W) bool, True on padded pixels, from ``images.image_sizes`` (train and eval alike)."""
+        return images.padding_mask()
+
+    @staticmethod
+    def downsample_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Nearest-neighbour resize of a (B, H, W) bool mask to (B, h, w) bool (detrex convention)."""
+        return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
+
+    def prepare_targets(self, batched_inputs: Union[List[Dict], List[Instances]]) -> List[Dict[str, torch.Tensor]]:
+        """Ground truth per image, on the model's device.
+
+        Args:
+            batched_inputs: the model inputs (dicts with ``"instances"``) or a list of `Instances`.
+
+        Returns:
+            per image: ``labels`` int64 (n,); ``boxes`` (n, 4) normalized cxcywh (by the augmented image
+            size); ``boxes_xyxy`` (n, 4) absolute xyxy in augmented-image pixels; ``image_size``
+            int64 tensor (h, w) of the augmented, unpadded image.
+        """
+        targets = []
+        for i, x in enumerate(batched_inputs):
+            inst = x
+            if isinstance(x, dict):
+                if "instances" not in x:
+                    raise KeyError(
+                        f"batched_inputs[{i}] has no 'instances': training needs ground truth "
+                        "(use a dataset mapper with is_train=True)"
+                    )
+                inst = x["instances"]
+            inst = inst.to(self.device)
+            h, w = inst.image_size
+            boxes_xyxy = inst.gt_boxes.tensor.float()
+            scale = torch.as_tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            targets.append(
+                {
+                    "labels": inst.gt_classes.long(),
+                    "boxes": box_xyxy_to_cxcywh(boxes_xyxy / scale),
+                    "boxes_xyxy": boxes_xyxy,
+                    "image_size": torch.as_tensor([h, w], dtype=torch.int64, device=self.device),
+                }
+            )
+        return targets
+
+    # ----------------------------------------------------------------- outputs
+    @staticmethod
+    def _set_aux_loss(outputs_class: torch.Tensor, outputs_coord: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        """[L, B, Q, K] logits and [L, B, Q, 4] boxes -> dicts for layers 0 .. L-2 (the last layer is the
+        main output)."""
+        return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
+
+    def inference(
+        self, box_cls: torch.Tensor, box_pred: torch.Tensor, image_sizes: List[Tuple[int, int]]
+    ) -> List[Instances]:
+        """Top-k detections per image from the final decoder layer.
+
+        Args:
+            box_cls: (B, Q, K) logits (before sigmoid).
+            box_pred: (B, Q, 4) normalized cxcywh boxes.
+            image_sizes: the network input (h, w) of each image (unpadded).
+
+        Returns:
+            per image `Instances(image_size)` with ``pred_boxes`` (absolute XYXY in the input size),
+            ``scores`` and ``pred_classes``: the k = ``select_box_nums_for_evaluation`` highest sigmoid
+            scores over all (query, class) pairs, in decreasing order.
+        """
+        if len(box_cls) != len(image_sizes):
+            raise ValueError(f"inference: {len(box_cls)} predictions for {len(image_sizes)} images")
+        b, q, k = box_cls.shape
+        prob = box_cls.sigmoid().view(b, -1)
+        topk = min(self.select_box_nums_for_evaluation, q * k)
+        scores, indexes = torch.topk(prob, topk, dim=1)
+        query_idx = torch.div(indexes, k, rounding_mode="floor")
+        labels = indexes % k
+        boxes = torch.gather(box_pred, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))
+        results = []
+        for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
+            result = Instances((h, w))
+            result.pred_boxes = Boxes(box_cxcywh_to_xyxy(boxes_i))
+            result.pred_boxes.scale(scale_x=w, scale_y=h)
+            result.scores = scores_i
+            result.pred_classes = labels_i
+            results.append(result)
+        return results
+
+    def postprocess(
+        self, results: List[Instances], batched_inputs: List[Dict], image_sizes
+    ) -> List[Dict[str, Instances]]:
+        """Rescale every image's results to its requested ``height``/``width`` (default: input size)."""
+        processed = []
+        for result, x, (h, w) in zip(results, batched_inputs, image_sizes):
+            height = x.get("height", h)
+            width = x.get("width", w)
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def compute_losses(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """The criterion's losses, each multiplied by its ``criterion.weight_dict`` entry when present."""
+        loss_dict = self.criterion(outputs, targets)
+        weight_dict = self.criterion.weight_dict
+        return {k: (v * weight_dict[k] if k in weight_dict else v) for k, v in loss_dict.items()}
+
+    # ----------------------------------------------------------------- forward
+    def forward_raw(self, images: ImageList, targets: Optional[List[Dict]] = None) -> Dict:
+        """Raw predictions: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) normalized cxcywh, and
+        ``aux_outputs``. ``targets`` is None in eval. Implemented by each detector."""
+        raise NotImplementedError
+
+    def forward(self, batched_inputs: List[Dict]):
+        """Training: weighted loss dict. Eval: ``[{"instances": Instances}]`` (needs no ground truth)."""
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            targets = self.prepare_targets(batched_inputs)
+            outputs = self.forward_raw(images, targets)
+            return self.compute_losses(outputs, targets)
+        outputs = self.forward_raw(images, None)
+        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
+        return self.postprocess(results, batched_inputs, images.image_sizes)

@@ -1,0 +1,6 @@
+"""Loss functions used by the DETR criteria."""
+
+from .focal_loss import sigmoid_focal_loss
+from .giou_loss import giou_loss
+
+__all__ = ["sigmoid_focal_loss", "giou_loss"]

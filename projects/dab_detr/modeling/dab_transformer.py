@@ -1,0 +1,289 @@
+"""DAB-DETR transformer (Liu et al. 2022, "DAB-DETR: Dynamic Anchor Boxes are Better Queries for
+DETR"), with detrex's module layout so the authors' / detrex checkpoints load.
+
+Shapes are sequence-first: tokens (HW, B, C), queries (Q, B, C). Boxes are normalized cxcywh; the decoder
+keeps reference boxes in sigmoid space.
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from detrex.layers import (
+    FFN,
+    MLP,
+    BaseTransformerLayer,
+    ConditionalCrossAttention,
+    ConditionalSelfAttention,
+    MultiheadAttention,
+    TransformerLayerSequence,
+    get_sine_pos_embed,
+    inverse_sigmoid,
+)
+
+__all__ = ["DabDetrTransformerEncoder", "DabDetrTransformerDecoder", "DabDetrTransformer"]
+
+
+class DabDetrTransformerEncoder(TransformerLayerSequence):
+    """Post-norm encoder whose positional embedding is rescaled per layer by ``query_scale(x)``, an
+    MLP(C, C, C, 2) of the layer input (Conditional-DETR/DAB-DETR).
+
+    Layers: ``BaseTransformerLayer(MultiheadAttention, FFN, LayerNorm, ("self_attn", "norm", "ffn",
+    "norm"))``. ``layers`` may also be given directly (a list of modules with the same call signature),
+    which is how KS-DETR swaps in its triple-attention last layer.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        attn_dropout: float = 0.0,
+        feedforward_dim: int = 2048,
+        ffn_dropout: float = 0.0,
+        activation: nn.Module = None,
+        operation_order: Tuple[str, ...] = ("self_attn", "norm", "ffn", "norm"),
+        post_norm: bool = False,
+        num_layers: int = 6,
+        batch_first: bool = False,
+        layers=None,
+    ):
+        if layers is None:
+            layers = BaseTransformerLayer(
+                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout, batch_first=batch_first),
+                ffn=FFN(
+                    embed_dim=embed_dim,
+                    feedforward_dim=feedforward_dim,
+                    ffn_drop=ffn_dropout,
+                    activation=activation if activation is not None else nn.PReLU(),
+                ),
+                norm=nn.LayerNorm(embed_dim),
+                operation_order=operation_order,
+                batch_first=batch_first,
+            )
+        super().__init__(transformer_layers=layers, num_layers=num_layers if isinstance(layers, nn.Module) else None)
+        self.embed_dim = embed_dim
+        self.pre_norm = self.layers[0].pre_norm
+        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+
+    def forward(
+        self,
+        query,
+        key=None,
+        value=None,
+        query_pos=None,
+        key_pos=None,
+        attn_masks=None,
+        query_key_padding_mask=None,
+        key_padding_mask=None,
+        **kwargs,
+    ):
+        """query: (HW, B, C) tokens; query_pos: (HW, B, C); query_key_padding_mask: (B, HW) True = pad.
+        Extra keyword arguments go to every layer (a KS layer reads its token mask from them).
+        Returns the memory (HW, B, C)."""
+        for layer in self.layers:
+            position_scales = self.query_scale(query)
+            query = layer(
+                query,
+                key,
+                value,
+                query_pos=query_pos * position_scales,
+                attn_masks=attn_masks,
+                query_key_padding_mask=query_key_padding_mask,
+                key_padding_mask=key_padding_mask,
+                **kwargs,
+            )
+        if self.post_norm_layer is not None:
+            query = self.post_norm_layer(query)
+        return query
+
+
+class DabDetrTransformerDecoder(TransformerLayerSequence):
+    """DAB-DETR decoder: queries carry anchor boxes (cx, cy, w, h) that every layer refines.
+
+    Per layer: the sine embedding of the current box (512 channels) gives the query position through
+    ``ref_point_head`` (MLP 2C -> C -> C); its first C channels, scaled by ``query_scale(query)`` (not in
+    layer 0) and, with ``modulate_hw_attn``, by ``ref_anchor_head(query).sigmoid() / (w, h)``, are the
+    cross-attention's spatial query. Layers are conditional self-attention -> norm -> conditional
+    cross-attention -> norm -> FFN -> norm. After each layer, if ``bbox_embed`` is set (the detector
+    registers its box head here), boxes are refined: ``sigmoid(bbox_embed(q) + inverse_sigmoid(box))``,
+    detached before the next layer. ``query_pos_proj`` of the cross-attention exists only in layer 0.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        attn_dropout: float = 0.0,
+        feedforward_dim: int = 2048,
+        ffn_dropout: float = 0.0,
+        activation: nn.Module = None,
+        operation_order: Tuple[str, ...] = ("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+        num_layers: int = 6,
+        modulate_hw_attn: bool = True,
+        batch_first: bool = False,
+        post_norm: bool = True,
+        return_intermediate: bool = True,
+    ):
+        if batch_first:
+            raise NotImplementedError("DabDetrTransformerDecoder works sequence-first (batch_first=False)")
+        layer = BaseTransformerLayer(
+            attn=[
+                ConditionalSelfAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+                ConditionalCrossAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+            ],
+            ffn=FFN(
+                embed_dim=embed_dim,
+                feedforward_dim=feedforward_dim,
+                ffn_drop=ffn_dropout,
+                activation=activation if activation is not None else nn.PReLU(),
+            ),
+            norm=nn.LayerNorm(embed_dim),
+            operation_order=operation_order,
+        )
+        super().__init__(transformer_layers=layer, num_layers=num_layers)
+        self.return_intermediate = return_intermediate
+        self.embed_dim = embed_dim
+        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
+        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        self.bbox_embed = None  # set by the detector (shared box head) for iterative anchor refinement
+        self.modulate_hw_attn = modulate_hw_attn
+        if modulate_hw_attn:
+            self.ref_anchor_head = MLP(embed_dim, embed_dim, 2, 2)
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+        for layer in self.layers[1:]:
+            layer.attentions[1].query_pos_proj = None
+
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        query_pos=None,
+        key_pos=None,
+        attn_masks=None,
+        query_key_padding_mask=None,
+        key_padding_mask=None,
+        anchor_box_embed=None,
+        **kwargs,
+    ):
+        """
+        Args:
+            query: (Q, B, C) initial content queries (zeros in DAB-DETR).
+            key, value: (HW, B, C) encoder memory; key_pos: (HW, B, C) its positional embedding.
+            key_padding_mask: (B, HW) for the cross-attention (detrex's DAB-DETR passes None).
+            anchor_box_embed: (Q, B, 4) anchors before sigmoid.
+
+        Returns:
+            hidden states [L, B, Q, C] (post-norm applied) and the reference boxes each layer's outputs
+            refine [L, B, Q, 4] (sigmoid space; entry 0 = the initial anchors). Without ``bbox_embed``
+            the second output is [1, B, Q, 4].
+        """
+        intermediate = []
+        reference_boxes = anchor_box_embed.sigmoid()
+        intermediate_ref_boxes = [reference_boxes]
+        c = self.embed_dim
+        for idx, layer in enumerate(self.layers):
+            obj_center = reference_boxes
+            # (Q, B, 2C): C/2 channels per box coordinate (detrex hard-codes 128, i.e. C = 256)
+            query_sine_embed = get_sine_pos_embed(obj_center, num_pos_feats=c // 2)
+            query_pos = self.ref_point_head(query_sine_embed)
+            position_transform = 1 if idx == 0 else self.query_scale(query)
+            query_sine_embed = query_sine_embed[..., :c] * position_transform
+            if self.modulate_hw_attn:
+                ref_hw_cond = self.ref_anchor_head(query).sigmoid()  # (Q, B, 2)
+                # channels [:C/2] embed y, [C/2:] embed x (get_sine_pos_embed swaps x and y)
+                query_sine_embed[..., c // 2 :] *= (ref_hw_cond[..., 0] / obj_center[..., 2]).unsqueeze(-1)
+                query_sine_embed[..., : c // 2] *= (ref_hw_cond[..., 1] / obj_center[..., 3]).unsqueeze(-1)
+            query = layer(
+                query,
+                key,
+                value,
+                query_pos=query_pos,
+                key_pos=key_pos,
+                query_sine_embed=query_sine_embed,
+                attn_masks=attn_masks,
+                query_key_padding_mask=query_key_padding_mask,
+                key_padding_mask=key_padding_mask,
+                is_first_layer=(idx == 0),
+                **kwargs,
+            )
+            if self.bbox_embed is not None:
+                offsets = self.bbox_embed(query)
+                new_reference_boxes = (offsets + inverse_sigmoid(reference_boxes)).sigmoid()
+                if idx != self.num_layers - 1:
+                    intermediate_ref_boxes.append(new_reference_boxes)
+                reference_boxes = new_reference_boxes.detach()
+            if self.return_intermediate:
+                intermediate.append(self.post_norm_layer(query) if self.post_norm_layer is not None else query)
+
+        if self.post_norm_layer is not None:
+            query = self.post_norm_layer(query)
+        if not self.return_intermediate:
+            intermediate = [query]
+        hidden_states = torch.stack(intermediate).transpose(1, 2)
+        if self.bbox_embed is not None:
+            return hidden_states, torch.stack(intermediate_ref_boxes).transpose(1, 2)
+        return hidden_states, reference_boxes.unsqueeze(0).transpose(1, 2)
+
+
+class DabDetrTransformer(nn.Module):
+    """Encoder + decoder of DAB-DETR.
+
+    ``forward(x, mask, anchor_box_embed, pos_embed, **kwargs)`` flattens the inputs
+    (`flatten_inputs`), runs `encode` (kwargs go to the encoder and its layers) and `decode`. Subclasses
+    (KS-DETR) may call `decode` several times on different memories: it depends only on its arguments.
+
+    Returns:
+        hidden states [L, B, Q, C] and reference boxes [L, B, Q, 4] (normalized cxcywh, sigmoid space).
+    """
+
+    def __init__(self, encoder: nn.Module = None, decoder: nn.Module = None):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.embed_dim = self.encoder.embed_dim
+        self.init_weights()
+
+    def init_weights(self):
+        """Xavier-uniform for every parameter with more than one dimension (detrex)."""
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    @staticmethod
+    def flatten_inputs(x, mask, anchor_box_embed, pos_embed):
+        """(B, C, H, W) features/pos -> (HW, B, C); (B, H, W) mask -> (B, HW); (Q, 4) anchors -> (Q, B, 4)."""
+        bs, c, h, w = x.shape
+        x = x.view(bs, c, -1).permute(2, 0, 1)
+        pos_embed = pos_embed.view(bs, c, -1).permute(2, 0, 1)
+        anchor_box_embed = anchor_box_embed.unsqueeze(1).repeat(1, bs, 1)
+        mask = mask.view(bs, -1)
+        return x, mask, anchor_box_embed, pos_embed
+
+    def encode(self, x, mask, pos_embed, **kwargs):
+        """Tokens (HW, B, C), mask (B, HW), pos (HW, B, C) -> memory (HW, B, C)."""
+        return self.encoder(query=x, key=None, value=None, query_pos=pos_embed, query_key_padding_mask=mask, **kwargs)
+
+    def decode(self, memory, mask, pos_embed, anchor_box_embed):
+        """Memory (HW, B, C) -> (hidden states [L, B, Q, C], reference boxes [L, B, Q, 4]).
+
+        As in detrex's DAB-DETR, the cross-attention gets no key padding mask (``mask`` is unused here;
+        it is accepted so subclasses can change that)."""
+        num_queries, bs = anchor_box_embed.shape[:2]
+        target = torch.zeros(num_queries, bs, self.embed_dim, device=memory.device, dtype=memory.dtype)
+        return self.decoder(
+            query=target, key=memory, value=memory, key_pos=pos_embed, anchor_box_embed=anchor_box_embed
+        )
+
+    def forward(self, x, mask, anchor_box_embed, pos_embed, **kwargs):
+        """
+        Args:
+            x: (B, C, H, W) projected features; mask: (B, H, W) True = padding;
+            anchor_box_embed: (Q, 4) learned anchors before sigmoid; pos_embed: (B, C, H, W).
+            **kwargs: extra encoder inputs (KS-DETR: a GT token mask in training).
+        """
+        x, mask, anchor_box_embed, pos_embed = self.flatten_inputs(x, mask, anchor_box_embed, pos_embed)
+        memory = self.encode(x, mask, pos_embed, **kwargs)
+        return self.decode(memory, mask, pos_embed, anchor_box_embed)

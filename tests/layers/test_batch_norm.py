@@ -1,0 +1,43 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from detrex.layers import Conv2d, FrozenBatchNorm2d, get_norm
+
+
+def test_frozen_bn_matches_eval_batchnorm_and_has_no_parameters():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4).eval()
+    bn.weight.data.uniform_(0.5, 2)
+    bn.bias.data.normal_()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm2d)
+    assert list(frozen.parameters()) == []
+    assert frozen.eps == 1e-5
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(frozen(x), bn(x), atol=1e-6)
+    # the explicit path used when gradients flow gives the same values
+    assert torch.allclose(frozen(x.clone().requires_grad_()), bn(x), atol=1e-6)
+    assert set(frozen.state_dict()) == {"weight", "bias", "running_mean", "running_var"}
+
+
+def test_frozen_bn_ignores_num_batches_tracked_and_starts_as_identity():
+    frozen = FrozenBatchNorm2d(3)
+    x = torch.randn(1, 3, 2, 2)
+    assert torch.allclose(frozen(x), x, atol=1e-6)
+    sd = nn.BatchNorm2d(3).state_dict()
+    assert "num_batches_tracked" in sd
+    frozen.load_state_dict(sd, strict=True)
+
+
+def test_get_norm_and_conv_wrapper():
+    assert isinstance(get_norm("FrozenBN", 8), FrozenBatchNorm2d)
+    assert isinstance(get_norm("GN", 64), nn.GroupNorm)
+    assert get_norm("", 8) is None
+    with pytest.raises(ValueError, match="unknown norm"):
+        get_norm("nope", 8)
+    conv = Conv2d(3, 8, 3, padding=1, bias=False, norm=get_norm("FrozenBN", 8), activation=torch.relu)
+    assert set(conv.state_dict()) == {"weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var"}
+    assert (conv(torch.randn(1, 3, 5, 5)) >= 0).all()
