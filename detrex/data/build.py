@@ -1,0 +1,271 @@
+"""Dataset-dict resolution and the train/test data loaders (detectron2 semantics).
+
+Training: ``DatasetFromList`` (serialized) -> ``MapDataset(mapper)`` -> infinite ``TrainingSampler`` (sharded
+across processes) -> ``ToIterableDataset`` (sharded across DataLoader workers) -> DataLoader yielding single
+dicts -> ``AspectRatioGroupedDataset`` (batches of ``total_batch_size // world_size`` dicts of the same
+orientation). Test: ``InferenceSampler`` (contiguous shard per process), batch size 1 by default. Batches are
+``list[dict]`` (no tensor collation).
+"""
+
+import itertools
+import logging
+import operator
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.utils.data as torchdata
+
+from ..utils import comm
+from .catalog import DatasetCatalog, MetadataCatalog
+from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
+from .samplers import InferenceSampler, TrainingSampler
+
+__all__ = [
+    "get_detection_dataset_dicts",
+    "build_detection_train_loader",
+    "build_detection_test_loader",
+    "build_batch_data_loader",
+    "trivial_batch_collator",
+    "worker_init_reset_seed",
+    "filter_images_with_only_crowd_annotations",
+    "print_instances_class_histogram",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def filter_images_with_only_crowd_annotations(dataset_dicts: List[Dict]) -> List[Dict]:
+    """Keep images with at least one non-crowd annotation (training)."""
+    num_before = len(dataset_dicts)
+
+    def valid(anns):
+        return any(ann.get("iscrowd", 0) == 0 for ann in anns)
+
+    dataset_dicts = [x for x in dataset_dicts if valid(x.get("annotations", []))]
+    logger.info(
+        f"Removed {num_before - len(dataset_dicts)} images with no usable annotations. {len(dataset_dicts)} images left."
+    )
+    return dataset_dicts
+
+
+def print_instances_class_histogram(dataset_dicts: List[Dict], class_names: Sequence[str]) -> None:
+    """Log the number of (non-crowd) instances per class."""
+    num_classes = len(class_names)
+    counts = Counter()
+    for entry in dataset_dicts:
+        for a in entry.get("annotations", []):
+            if not a.get("iscrowd", 0):
+                counts[int(a["category_id"])] += 1
+    bad = [c for c in counts if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(
+            f"Got invalid category ids {sorted(bad)[:10]} for {num_classes} classes (expected 0..{num_classes - 1})"
+        )
+    items = [f"{name}: {counts[i]}" for i, name in enumerate(class_names)]
+    shown = items if len(items) <= 12 else items[:12] + [f"... ({len(items) - 12} more)"]
+    logger.info(
+        f"Distribution of instances among all {num_classes} categories (total {sum(counts.values())}): "
+        + ", ".join(shown)
+    )
+
+
+def _check_metadata_consistency(key: str, dataset_names: Sequence[str]) -> None:
+    if len(dataset_names) == 0:
+        return
+    entries = [getattr(MetadataCatalog.get(d), key) for d in dataset_names]
+    for idx, entry in enumerate(entries):
+        if entry != entries[0]:
+            raise ValueError(
+                f"Metadata '{key}' of dataset '{dataset_names[idx]}' ({entry}) differs from that of "
+                f"'{dataset_names[0]}' ({entries[0]}); datasets used together must share their classes."
+            )
+
+
+def get_detection_dataset_dicts(
+    names: Union[str, Sequence[str]],
+    filter_empty: bool = True,
+    min_keypoints: int = 0,
+    proposal_files=None,
+    check_consistency: bool = True,
+) -> List[Dict]:
+    """Load and concatenate the registered datasets ``names``.
+
+    Args:
+        names: a dataset name or a list of names.
+        filter_empty: drop images without a non-crowd annotation (use True for training, False for test).
+        check_consistency: require equal ``thing_classes`` across the datasets and log a class histogram.
+    """
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not names:
+        raise ValueError("get_detection_dataset_dicts: no dataset names given")
+    if proposal_files:
+        raise NotImplementedError("precomputed proposals are not supported")
+    missing = [n for n in names if n not in DatasetCatalog]
+    if missing:
+        raise KeyError(
+            f"Dataset(s) {missing} are not registered! Available datasets are: {', '.join(sorted(DatasetCatalog.keys()))}"
+        )
+    all_dicts = [DatasetCatalog.get(name) for name in names]
+    for name, dicts in zip(names, all_dicts):
+        if len(dicts) == 0:
+            raise ValueError(f"Dataset '{name}' is empty!")
+    dataset_dicts = list(itertools.chain.from_iterable(all_dicts))
+    has_instances = "annotations" in dataset_dicts[0]
+    if filter_empty and has_instances:
+        dataset_dicts = filter_images_with_only_crowd_annotations(dataset_dicts)
+    if check_consistency and has_instances:
+        meta = MetadataCatalog.get(names[0])
+        if hasattr(meta, "thing_classes"):
+            _check_metadata_consistency("thing_classes", names)
+            print_instances_class_histogram(dataset_dicts, meta.thing_classes)
+    if len(dataset_dicts) == 0:
+        raise ValueError(f"No valid data found in {','.join(names)} (every image was filtered out).")
+    return dataset_dicts
+
+
+def trivial_batch_collator(batch):
+    """A batch is just the list of dicts."""
+    return batch
+
+
+def worker_init_reset_seed(worker_id: int) -> None:
+    """Give every DataLoader worker distinct python/numpy/torch seeds derived from torch's per-worker seed."""
+    from ..utils.env import seed_all_rng
+
+    initial_seed = torch.initial_seed() % 2**31
+    seed_all_rng(initial_seed + worker_id)
+
+
+def _as_dataset(dataset, filter_empty: bool):
+    """str / list of names -> dataset dicts; list of dicts -> serialized DatasetFromList; datasets unchanged."""
+    if isinstance(dataset, str) or (
+        isinstance(dataset, (list, tuple)) and dataset and all(isinstance(x, str) for x in dataset)
+    ):
+        dataset = get_detection_dataset_dicts(dataset, filter_empty=filter_empty)
+    if isinstance(dataset, (list, tuple)):
+        dataset = DatasetFromList(list(dataset), copy=False)
+    return dataset
+
+
+def build_batch_data_loader(
+    dataset,
+    sampler,
+    total_batch_size: int,
+    *,
+    aspect_ratio_grouping: bool = False,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable] = None,
+    drop_last: bool = True,
+):
+    """Batched loader over a map-style ``dataset`` and a (possibly infinite) ``sampler``; per-process batch size
+    is ``total_batch_size // world_size``."""
+    world_size = comm.get_world_size()
+    if total_batch_size <= 0 or total_batch_size % world_size != 0:
+        raise ValueError(
+            f"Total batch size ({total_batch_size}) must be divisible by the number of processes ({world_size})."
+        )
+    batch_size = total_batch_size // world_size
+    if isinstance(dataset, torchdata.IterableDataset):
+        if sampler is not None:
+            raise ValueError("sampler must be None for an IterableDataset")
+    else:
+        dataset = ToIterableDataset(dataset, sampler, shard_chunk_size=batch_size)
+    loader_kwargs = dict(num_workers=num_workers, worker_init_fn=worker_init_reset_seed)
+    if num_workers > 0:
+        loader_kwargs["persistent_workers"] = False
+    if aspect_ratio_grouping:
+        data_loader = torchdata.DataLoader(dataset, collate_fn=operator.itemgetter(0), **loader_kwargs)
+        data_loader = AspectRatioGroupedDataset(data_loader, batch_size)
+        if collate_fn is None:
+            return data_loader
+        return MapDataset(data_loader, collate_fn)
+    return torchdata.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        collate_fn=trivial_batch_collator if collate_fn is None else collate_fn,
+        **loader_kwargs,
+    )
+
+
+def build_detection_train_loader(
+    dataset,
+    *,
+    mapper: Optional[Callable],
+    total_batch_size: int,
+    sampler=None,
+    aspect_ratio_grouping: bool = True,
+    num_workers: int = 0,
+    seed: Optional[int] = None,
+    collate_fn: Optional[Callable] = None,
+):
+    """Infinite training loader yielding ``list[dict]`` of ``total_batch_size // world_size`` mapped dicts.
+
+    Args:
+        dataset: a list of dataset dicts (e.g. from :func:`get_detection_dataset_dicts`), a registered name or
+            list of names (resolved with ``filter_empty=True``), or a torch Dataset.
+        mapper: dataset dict -> model input (e.g. :class:`DetrDatasetMapper`); None to skip mapping.
+        total_batch_size: batch size summed over all processes.
+        sampler: default ``TrainingSampler(len(dataset), seed=seed)``.
+        aspect_ratio_grouping: batch images of the same orientation together (default True, as detectron2).
+        num_workers: DataLoader worker processes.
+        seed: sampler seed (None: a random seed shared across processes).
+        collate_fn: applied to each list batch (default: none).
+    """
+    dataset = _as_dataset(dataset, filter_empty=True)
+    if mapper is not None:
+        dataset = MapDataset(dataset, mapper)
+    if isinstance(dataset, torchdata.IterableDataset):
+        if sampler is not None:
+            raise ValueError("sampler must be None for an IterableDataset")
+    elif sampler is None:
+        sampler = TrainingSampler(len(dataset), seed=seed)
+    if not isinstance(dataset, torchdata.IterableDataset) and not isinstance(sampler, torchdata.Sampler):
+        raise TypeError(f"Expect a torch Sampler, got {type(sampler)}")
+    logger.info(
+        f"Using training sampler {type(sampler).__name__}" if sampler is not None else "Iterable dataset: no sampler"
+    )
+    return build_batch_data_loader(
+        dataset,
+        sampler,
+        total_batch_size,
+        aspect_ratio_grouping=aspect_ratio_grouping,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+
+
+def build_detection_test_loader(
+    dataset,
+    *,
+    mapper: Optional[Callable],
+    sampler=None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable] = None,
+):
+    """Finite loader over this process's contiguous shard (``InferenceSampler``), ``batch_size`` images per
+    batch (1 by default: the DETR models' all-zero eval mask assumes it), yielding ``list[dict]``.
+
+    ``dataset`` as in :func:`build_detection_train_loader`, but names are resolved with ``filter_empty=False``
+    so that every image is evaluated.
+    """
+    dataset = _as_dataset(dataset, filter_empty=False)
+    if mapper is not None:
+        dataset = MapDataset(dataset, mapper)
+    if isinstance(dataset, torchdata.IterableDataset):
+        if sampler is not None:
+            raise ValueError("sampler must be None for an IterableDataset")
+    elif sampler is None:
+        sampler = InferenceSampler(len(dataset))
+    return torchdata.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator if collate_fn is None else collate_fn,
+    )
