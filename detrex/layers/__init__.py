@@ -10,6 +10,7 @@ from .box_ops import (
     generalized_box_iou,
     inverse_sigmoid,
 )
+from .denoising import GenerateDNQueries, apply_box_noise, apply_label_noise, dn_post_process
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import (
     MultiScaleDeformableAttention,
@@ -33,6 +34,10 @@ __all__ = [
     "box_iou",
     "generalized_box_iou",
     "inverse_sigmoid",
+    "GenerateDNQueries",
+    "apply_label_noise",
+    "apply_box_noise",
+    "dn_post_process",
     "FFN",
     "MLP",
     "MultiScaleDeformableAttention",

@@ -1,7 +1,7 @@
 """Detector components: backbones, matcher, criterion, losses and the shared `DETRBase`."""
 
-from .backbone import Backbone, BasicBlock, BasicStem, BottleneckBlock, ResNet, make_stage
-from .criterion import SetCriterion
+from .backbone import Backbone, BasicBlock, BasicStem, BottleneckBlock, ResNet, SwinTransformer, make_stage
+from .criterion import DNCriterion, SetCriterion
 from .detr_base import DETRBase, detector_postprocess
 from .losses import giou_loss, sigmoid_focal_loss
 from .matcher import HungarianMatcher
@@ -13,6 +13,8 @@ __all__ = [
     "BasicBlock",
     "BottleneckBlock",
     "make_stage",
+    "SwinTransformer",
+    "DNCriterion",
     "SetCriterion",
     "HungarianMatcher",
     "DETRBase",

@@ -1,0 +1,86 @@
+# Conditional-DETR with a ResNet-50 backbone (detrex `projects/conditional_detr/configs/models/conditional_detr_r50.py`).
+import torch.nn as nn
+
+from detrex.config import LazyCall as L
+from detrex.layers import PositionEmbeddingSine
+from detrex.modeling.backbone import BasicStem, ResNet
+from detrex.modeling.criterion import SetCriterion
+from detrex.modeling.matcher import HungarianMatcher
+from projects.conditional_detr.modeling import (
+    ConditionalDETR,
+    ConditionalDetrTransformer,
+    ConditionalDetrTransformerDecoder,
+    ConditionalDetrTransformerEncoder,
+)
+
+model = L(ConditionalDETR)(
+    backbone=L(ResNet)(
+        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+        # torchvision-converted weights put the stride in the 3x3 conv
+        stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
+        out_features=["res2", "res3", "res4", "res5"],
+        freeze_at=1,  # stem frozen; res2 trains (detectron2/detrex convention)
+    ),
+    in_features=["res5"],  # single-scale: stride-32 features only
+    in_channels=2048,
+    # DETR's temperature 10000 (DAB/DN-DETR use 20); 128 channels per axis -> 256
+    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, normalize=True),
+    transformer=L(ConditionalDetrTransformer)(
+        encoder=L(ConditionalDetrTransformerEncoder)(
+            embed_dim=256,
+            num_heads=8,
+            attn_dropout=0.1,
+            feedforward_dim=2048,
+            ffn_dropout=0.1,
+            activation=L(nn.ReLU)(),
+            num_layers=6,
+            post_norm=False,
+        ),
+        decoder=L(ConditionalDetrTransformerDecoder)(
+            embed_dim=256,
+            num_heads=8,
+            attn_dropout=0.1,
+            feedforward_dim=2048,
+            ffn_dropout=0.1,
+            activation=L(nn.ReLU)(),
+            num_layers=6,
+            post_norm=True,  # shared LayerNorm on every decoder layer's output
+            return_intermediate=True,
+        ),
+    ),
+    embed_dim=256,
+    num_classes=80,
+    num_queries=300,
+    criterion=L(SetCriterion)(
+        num_classes=80,
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0,
+            cost_bbox=5.0,
+            cost_giou=2.0,
+            cost_class_type="focal_loss_cost",
+            alpha=0.25,
+            gamma=2.0,
+        ),
+        weight_dict={
+            "loss_class": 2.0,  # Conditional-DETR weighs classification 2x (DAB-DETR: 1)
+            "loss_bbox": 5.0,
+            "loss_giou": 2.0,
+        },
+        loss_class_type="focal_loss",
+        alpha=0.25,
+        gamma=2.0,
+    ),
+    aux_loss=True,
+    pixel_mean=[123.675, 116.280, 103.530],  # ImageNet RGB mean, 0-255 scale
+    pixel_std=[58.395, 57.120, 57.375],
+    select_box_nums_for_evaluation=300,  # top-300 (query, class) pairs per image at inference
+)
+
+# Auxiliary losses: one copy of the weights per intermediate decoder layer (suffixes _0 .. _4).
+if model.aux_loss:
+    weight_dict = model.criterion.weight_dict
+    aux_weight_dict = {}
+    for i in range(model.transformer.decoder.num_layers - 1):
+        aux_weight_dict.update({k + f"_{i}": v for k, v in weight_dict.items()})
+    weight_dict.update(aux_weight_dict)
+    model.criterion.weight_dict = weight_dict

@@ -1,0 +1,262 @@
+"""Conditional-DETR transformer (Meng et al. 2021, "Conditional DETR for Fast Training Convergence"), with
+detrex's module layout so detrex checkpoints and converted KS-DETR checkpoints load.
+
+Shapes are sequence-first: tokens (HW, B, C), queries (Q, B, C). Reference points are normalized (x, y) in
+[0, 1] of the unpadded image.
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+
+from detrex.layers import (
+    FFN,
+    MLP,
+    BaseTransformerLayer,
+    ConditionalCrossAttention,
+    ConditionalSelfAttention,
+    MultiheadAttention,
+    TransformerLayerSequence,
+    get_sine_pos_embed,
+)
+
+__all__ = ["ConditionalDetrTransformerEncoder", "ConditionalDetrTransformerDecoder", "ConditionalDetrTransformer"]
+
+
+class ConditionalDetrTransformerEncoder(TransformerLayerSequence):
+    """DETR's post-norm encoder: the sine positional embedding is added to queries and keys of every layer
+    (no per-layer rescaling, unlike DAB-DETR).
+
+    Layers: ``BaseTransformerLayer(MultiheadAttention, FFN, LayerNorm, ("self_attn", "norm", "ffn",
+    "norm"))``. ``layers`` may be given directly instead (a list of modules with the same call signature),
+    e.g. to swap in a KS-DETR triple-attention last layer.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        attn_dropout: float = 0.1,
+        feedforward_dim: int = 2048,
+        ffn_dropout: float = 0.1,
+        activation: nn.Module = None,
+        operation_order: Tuple[str, ...] = ("self_attn", "norm", "ffn", "norm"),
+        post_norm: bool = False,
+        num_layers: int = 6,
+        batch_first: bool = False,
+        layers=None,
+    ):
+        if layers is None:
+            layers = BaseTransformerLayer(
+                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout, batch_first=batch_first),
+                ffn=FFN(
+                    embed_dim=embed_dim,
+                    feedforward_dim=feedforward_dim,
+                    ffn_drop=ffn_dropout,
+                    activation=activation if activation is not None else nn.ReLU(inplace=True),
+                ),
+                norm=nn.LayerNorm(embed_dim),
+                operation_order=operation_order,
+                batch_first=batch_first,
+            )
+        super().__init__(transformer_layers=layers, num_layers=num_layers if isinstance(layers, nn.Module) else None)
+        self.embed_dim = embed_dim
+        self.pre_norm = self.layers[0].pre_norm
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+
+    def forward(
+        self,
+        query,
+        key=None,
+        value=None,
+        query_pos=None,
+        key_pos=None,
+        attn_masks=None,
+        query_key_padding_mask=None,
+        key_padding_mask=None,
+        **kwargs,
+    ):
+        """query: (HW, B, C) tokens; query_pos: (HW, B, C); query_key_padding_mask: (B, HW) True = pad.
+        Extra keyword arguments go to every layer. Returns the memory (HW, B, C)."""
+        for layer in self.layers:
+            query = layer(
+                query,
+                key,
+                value,
+                query_pos=query_pos,
+                attn_masks=attn_masks,
+                query_key_padding_mask=query_key_padding_mask,
+                key_padding_mask=key_padding_mask,
+                **kwargs,
+            )
+        if self.post_norm_layer is not None:
+            query = self.post_norm_layer(query)
+        return query
+
+
+class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
+    """Conditional-DETR decoder.
+
+    Each learned query embedding ``query_pos`` (Q, B, C) gives a fixed 2-d reference point
+    ``sigmoid(ref_point_head(query_pos))`` (``ref_point_head`` = MLP(C, C, 2, 2)); it is the same for all
+    layers. Per layer, the sine embedding of that point (C channels), scaled by ``query_scale(query)``
+    (except in layer 0), is the cross-attention's spatial query; ``query_pos`` is the self-attention's
+    positional query and, in layer 0 only, is added to the cross-attention's content query. Layers are
+    conditional self-attention -> norm -> conditional cross-attention -> norm -> FFN -> norm; every layer's
+    output goes through the shared ``post_norm_layer``. ``query_pos_proj`` of the cross-attention exists
+    only in layer 0.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        attn_dropout: float = 0.1,
+        feedforward_dim: int = 2048,
+        ffn_dropout: float = 0.1,
+        activation: nn.Module = None,
+        operation_order: Tuple[str, ...] = ("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+        num_layers: int = 6,
+        batch_first: bool = False,
+        post_norm: bool = True,
+        return_intermediate: bool = True,
+    ):
+        if batch_first:
+            raise NotImplementedError("ConditionalDetrTransformerDecoder works sequence-first (batch_first=False)")
+        layer = BaseTransformerLayer(
+            attn=[
+                ConditionalSelfAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+                ConditionalCrossAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+            ],
+            ffn=FFN(
+                embed_dim=embed_dim,
+                feedforward_dim=feedforward_dim,
+                ffn_drop=ffn_dropout,
+                activation=activation if activation is not None else nn.ReLU(inplace=True),
+            ),
+            norm=nn.LayerNorm(embed_dim),
+            operation_order=operation_order,
+        )
+        super().__init__(transformer_layers=layer, num_layers=num_layers)
+        self.return_intermediate = return_intermediate
+        self.embed_dim = embed_dim
+        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
+        self.ref_point_head = MLP(embed_dim, embed_dim, 2, 2)
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+        for layer in self.layers[1:]:
+            layer.attentions[1].query_pos_proj = None
+
+    def reference_points(self, query_pos: torch.Tensor) -> torch.Tensor:
+        """(Q, B, C) query embeddings -> (Q, B, 2) normalized (x, y) reference points."""
+        return self.ref_point_head(query_pos).sigmoid()
+
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        query_pos=None,
+        key_pos=None,
+        attn_masks=None,
+        query_key_padding_mask=None,
+        key_padding_mask=None,
+        **kwargs,
+    ):
+        """
+        Args:
+            query: (Q, B, C) initial content queries (zeros in Conditional-DETR).
+            key, value: (HW, B, C) encoder memory; key_pos: (HW, B, C) its positional embedding.
+            query_pos: (Q, B, C) the learned query embeddings.
+            key_padding_mask: (B, HW) for the cross-attention (detrex passes None).
+
+        Returns:
+            hidden states [L, B, Q, C] (post-norm applied; L = num_layers, or 1 without
+            ``return_intermediate``) and the reference points [B, Q, 2] shared by all layers.
+        """
+        if query_pos is None:
+            raise ValueError("ConditionalDetrTransformerDecoder needs query_pos (the learned query embeddings)")
+        c = self.embed_dim
+        reference_points = self.reference_points(query_pos)  # (Q, B, 2)
+        # (Q, B, C): C/2 channels per coordinate (detrex hard-codes 128, i.e. C = 256); y first, then x
+        sine_embed = get_sine_pos_embed(reference_points, num_pos_feats=c // 2)
+        intermediate = []
+        for idx, layer in enumerate(self.layers):
+            position_transform = 1 if idx == 0 else self.query_scale(query)
+            query_sine_embed = sine_embed[..., :c] * position_transform
+            query = layer(
+                query,
+                key,
+                value,
+                query_pos=query_pos,
+                key_pos=key_pos,
+                query_sine_embed=query_sine_embed,
+                attn_masks=attn_masks,
+                query_key_padding_mask=query_key_padding_mask,
+                key_padding_mask=key_padding_mask,
+                is_first_layer=(idx == 0),
+                **kwargs,
+            )
+            if self.return_intermediate:
+                intermediate.append(self.post_norm_layer(query) if self.post_norm_layer is not None else query)
+        if not self.return_intermediate:
+            intermediate = [self.post_norm_layer(query) if self.post_norm_layer is not None else query]
+        return torch.stack(intermediate).transpose(1, 2), reference_points.transpose(0, 1)
+
+
+class ConditionalDetrTransformer(nn.Module):
+    """Encoder + decoder of Conditional-DETR.
+
+    ``forward(x, mask, query_embed, pos_embed, **kwargs)`` flattens the inputs (`flatten_inputs`), runs
+    `encode` (kwargs go to the encoder and its layers) and `decode`. Subclasses (KS-DETR) may call
+    `decode` several times on different memories: it depends only on its arguments.
+
+    Returns:
+        hidden states [L, B, Q, C] and reference points [B, Q, 2] (normalized x, y).
+    """
+
+    def __init__(self, encoder: nn.Module = None, decoder: nn.Module = None):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.embed_dim = self.encoder.embed_dim
+        self.init_weights()
+
+    def init_weights(self):
+        """Xavier-uniform for every parameter with more than one dimension (detrex)."""
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    @staticmethod
+    def flatten_inputs(x, mask, query_embed, pos_embed):
+        """(B, C, H, W) features/pos -> (HW, B, C); (B, H, W) mask -> (B, HW); (Q, C) queries -> (Q, B, C)."""
+        bs, c, h, w = x.shape
+        x = x.view(bs, c, -1).permute(2, 0, 1)
+        pos_embed = pos_embed.view(bs, c, -1).permute(2, 0, 1)
+        query_embed = query_embed.unsqueeze(1).repeat(1, bs, 1)
+        mask = mask.view(bs, -1)
+        return x, mask, query_embed, pos_embed
+
+    def encode(self, x, mask, pos_embed, **kwargs):
+        """Tokens (HW, B, C), mask (B, HW), pos (HW, B, C) -> memory (HW, B, C)."""
+        return self.encoder(query=x, key=None, value=None, query_pos=pos_embed, query_key_padding_mask=mask, **kwargs)
+
+    def decode(self, memory, mask, pos_embed, query_embed):
+        """Memory (HW, B, C) -> (hidden states [L, B, Q, C], reference points [B, Q, 2]).
+
+        As in detrex's Conditional-DETR, the cross-attention gets no key padding mask (``mask`` is unused
+        here; it is accepted so subclasses can change that)."""
+        target = torch.zeros_like(query_embed)
+        return self.decoder(query=target, key=memory, value=memory, key_pos=pos_embed, query_pos=query_embed)
+
+    def forward(self, x, mask, query_embed, pos_embed, **kwargs):
+        """
+        Args:
+            x: (B, C, H, W) projected features; mask: (B, H, W) True = padding;
+            query_embed: (Q, C) learned query embeddings; pos_embed: (B, C, H, W).
+            **kwargs: extra encoder inputs (KS-DETR: a GT token mask in training).
+        """
+        x, mask, query_embed, pos_embed = self.flatten_inputs(x, mask, query_embed, pos_embed)
+        memory = self.encode(x, mask, pos_embed, **kwargs)
+        return self.decode(memory, mask, pos_embed, query_embed)
