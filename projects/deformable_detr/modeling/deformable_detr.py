@@ -1,0 +1,192 @@
+"""Deformable-DETR detector (Zhu et al. 2021), following detrex's ``projects/deformable_detr`` module for module.
+
+Multi-scale: ResNet res3-res5 are mapped to 256 channels by a `ChannelMapper` (1x1 conv + GroupNorm), which
+adds a fourth, stride-64 level (3x3 stride-2 conv on res5). 300 learned queries (``query_embedding``
+[300, 2C]: position and content) predict 2-d reference points. Options (as in the paper and detrex):
+
+- ``with_box_refine``: one class/box head per decoder layer (``class_embed.{i}``, ``bbox_embed.{i}``), and the
+  decoder refines its reference boxes layer by layer (``transformer.decoder.bbox_embed`` aliases the heads).
+  Without it, one shared head is registered under the 6 names (checkpoints hold 6 copies of its keys).
+- ``as_two_stage``: the encoder proposes boxes (one more head pair, index 6), the top-300 become the decoder's
+  reference boxes and queries; the proposals are supervised class-agnostically (``*_enc`` losses).
+
+Extension points (used by KS-DETR, keep stable):
+  - `transformer_inputs(images, multi_level_masks, multi_level_feats, levels, targets) -> dict`: extra keyword
+    arguments for the encoder; ``levels`` is the transformer's `MultiLevelInputs` (``spatial_shapes``,
+    ``level_start_index``, ``mask_flatten`` (B, N), ...). Baseline: ``{}``; ``targets`` is None in eval.
+  - `predict(inter_states, init_reference, inter_references)` applies the per-layer heads to one decoder run.
+"""
+
+import copy
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from detrex.layers import MLP, inverse_sigmoid
+from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DETRBase
+from detrex.structures import ImageList
+
+__all__ = ["DeformableDETR", "apply_box_deltas"]
+
+
+def apply_box_deltas(deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Normalized cxcywh boxes from head outputs (..., 4) and references (..., 2 | 4) in sigmoid space:
+    ``sigmoid(deltas + inverse_sigmoid(reference))``, the reference shifting only (cx, cy) when it is 2-d."""
+    reference = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return (deltas + reference).sigmoid()
+    if reference.shape[-1] != 2:
+        raise ValueError(f"reference must end in 2 (points) or 4 (boxes), got {tuple(reference.shape)}")
+    return torch.cat([deltas[..., :2] + reference, deltas[..., 2:]], -1).sigmoid()
+
+
+class DeformableDETR(DETRBase):
+    """Deformable-DETR.
+
+    Args:
+        backbone: returns a dict of feature maps (``res3``-``res5``).
+        position_embedding: e.g. ``PositionEmbeddingSine(128, temperature=10000, normalize=True, offset=-0.5)``.
+        neck: `ChannelMapper` returning ``num_feature_levels`` maps of ``embed_dim`` channels.
+        transformer: `DeformableDetrTransformer`.
+        embed_dim: transformer width C.
+        num_classes: sigmoid classes (no background logit).
+        num_queries: learned queries (``query_embedding`` [num_queries, 2C]; absent in two-stage mode).
+        criterion: `DeformableCriterion`.
+        pixel_mean, pixel_std, select_box_nums_for_evaluation, device: see `DETRBase`.
+        aux_loss: supervise every decoder layer.
+        with_box_refine: per-layer heads and iterative reference-box refinement.
+        as_two_stage: encoder proposals as queries; needs ``with_box_refine`` (as upstream, whose two-stage
+            config sets both: the proposal box head is the decoder's extra refinement head).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_embedding: nn.Module,
+        neck: nn.Module,
+        transformer: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        num_queries: int,
+        criterion: nn.Module,
+        pixel_mean: Sequence[float] = IMAGENET_PIXEL_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_PIXEL_STD,
+        aux_loss: bool = True,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        select_box_nums_for_evaluation: int = 300,
+        device: Optional[str] = None,
+    ):
+        super().__init__(
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            device=device,
+        )
+        if as_two_stage and not with_box_refine:
+            raise ValueError("DeformableDETR: as_two_stage=True needs with_box_refine=True (the proposal box head is "
+                             "the decoder's extra refinement head; detrex's two-stage config sets both)")
+        if bool(as_two_stage) != bool(getattr(transformer, "as_two_stage", False)):
+            raise ValueError(f"DeformableDETR: as_two_stage={as_two_stage} but transformer.as_two_stage="
+                             f"{getattr(transformer, 'as_two_stage', None)}; set both the same way")
+        self.backbone = backbone
+        self.position_embedding = position_embedding
+        self.neck = neck
+        self.num_queries = num_queries
+        if not as_two_stage:
+            self.query_embedding = nn.Embedding(num_queries, embed_dim * 2)
+        self.transformer = transformer
+        self.class_embed = nn.Linear(embed_dim, num_classes)
+        self.bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
+        self.num_classes = num_classes
+        self.aux_loss = aux_loss
+        self.criterion = criterion
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self._init_heads_and_neck()
+
+        # two-stage: one extra head pair (the last) scores and refines the encoder proposals
+        num_pred = transformer.decoder.num_layers + (1 if as_two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(self.class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            self.transformer.decoder.bbox_embed = self.bbox_embed
+        else:
+            nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)
+            # one shared module under num_pred names (checkpoints hold num_pred copies of its keys)
+            self.class_embed = nn.ModuleList([self.class_embed] * num_pred)
+            self.bbox_embed = nn.ModuleList([self.bbox_embed] * num_pred)
+            self.transformer.decoder.bbox_embed = None
+        if as_two_stage:
+            self.transformer.decoder.class_embed = self.class_embed
+            for box_embed in self.bbox_embed:
+                nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+
+    def _init_heads_and_neck(self):
+        """Class-bias prior 0.01, zero last box layer, xavier-uniform neck convs with zero bias (detrex)."""
+        prior_prob = 0.01
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
+        for module in self.neck.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight, gain=1)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+
+    # ------------------------------------------------------------------ extension points
+    def transformer_inputs(self, images: ImageList, multi_level_masks: List[torch.Tensor],
+                           multi_level_feats: Sequence[torch.Tensor], levels, targets: Optional[List[Dict]]) -> Dict:
+        """Extra keyword arguments for the encoder (and every encoder layer). Baseline: none.
+
+        Args:
+            images: the padded batch (``images.tensor`` (B, 3, H, W), ``images.image_sizes``).
+            multi_level_masks: per level (B, H_l, W_l) bool padding masks.
+            multi_level_feats: per level (B, C, H_l, W_l) neck outputs.
+            levels: `MultiLevelInputs` of the transformer (``spatial_shapes`` (L, 2), ``level_start_index`` (L,),
+                ``mask_flatten`` (B, N), ``feat_flatten`` (B, N, C), ...).
+            targets: `prepare_targets` output in training, None in eval.
+        """
+        return {}
+
+    def predict(self, inter_states: torch.Tensor, init_reference: torch.Tensor, inter_references: torch.Tensor):
+        """Per-layer heads: states [L, B, Q, C] and references (initial (B, Q, 2|4), after each layer
+        [L, B, Q, 2|4]) -> logits [L, B, Q, K] and boxes [L, B, Q, 4] (normalized cxcywh). Layer ``i`` uses
+        head ``i`` and the reference it started from."""
+        classes, coords = [], []
+        for lvl in range(inter_states.shape[0]):
+            reference = init_reference if lvl == 0 else inter_references[lvl - 1]
+            classes.append(self.class_embed[lvl](inter_states[lvl]))
+            coords.append(apply_box_deltas(self.bbox_embed[lvl](inter_states[lvl]), reference))
+        return torch.stack(classes), torch.stack(coords)
+
+    # ------------------------------------------------------------------ forward
+    def multi_level_inputs(self, images: ImageList):
+        """Backbone + neck + per-level masks and positions: (feats, masks, pos_embeds) lists."""
+        img_masks = self.padding_mask(images)
+        features = self.backbone(images.tensor)
+        multi_level_feats = self.neck(features)
+        multi_level_masks = [self.downsample_mask(img_masks, feat.shape[-2:]) for feat in multi_level_feats]
+        multi_level_pos = [self.position_embedding(mask) for mask in multi_level_masks]
+        return multi_level_feats, multi_level_masks, multi_level_pos
+
+    def forward_raw(self, images: ImageList, targets: Optional[List[Dict]] = None) -> Dict:
+        """Raw outputs: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) normalized cxcywh of the last decoder
+        layer, ``aux_outputs`` (earlier layers) and, in two-stage mode, ``enc_outputs`` (the proposals)."""
+        feats, masks, poses = self.multi_level_inputs(images)
+        levels = self.transformer.flatten_inputs(feats, masks, poses)
+        extra = self.transformer_inputs(images, masks, feats, levels, targets)
+        query_embeds = None if self.as_two_stage else self.query_embedding.weight
+        inter_states, init_reference, inter_references, enc_class, enc_coord_unact = self.transformer(
+            feats, masks, poses, query_embeds, levels=levels, **extra
+        )
+        outputs_class, outputs_coord = self.predict(inter_states, init_reference, inter_references)
+        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        if self.as_two_stage:
+            output["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord_unact.sigmoid()}
+        return output

@@ -1,0 +1,204 @@
+"""DN-Deformable-DETR detector (Li et al. 2022), following detrex's ``projects/dn_deformable_detr``.
+
+Deformable-DETR's backbone, neck and encoder; 300 learned anchor boxes (``refpoint_embed`` [300, 4], before
+sigmoid) with learned content queries (``tgt_embed`` [300, C - 1] plus an indicator channel 0); box
+refinement with one class/box head per decoder layer (``transformer.decoder.bbox_embed`` aliases the box
+heads, so checkpoints hold both names). Training adds DN-DETR's denoising queries in front of the matching
+queries (`detrex.layers.denoising.GenerateDNQueries`, registered as ``denoising_generator``), and
+`DNCriterion` supervises both parts. Eval needs no ground truth and has no denoising queries.
+
+Extension points (used by KS-DETR, keep stable): `transformer_inputs(images, multi_level_masks,
+multi_level_feats, levels, targets)` (extra encoder inputs, see `DeformableDETR`), `build_queries(batch_size,
+targets)` (the decoder's content/box queries and attention mask, shared by all decoder passes) and
+`predict(...)` (heads of one decoder run).
+"""
+
+import copy
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from detrex.layers import MLP, inverse_sigmoid
+from detrex.layers.denoising import GenerateDNQueries, dn_post_process
+from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DETRBase
+from detrex.structures import ImageList
+from projects.deformable_detr.modeling.deformable_detr import apply_box_deltas
+
+__all__ = ["DNDeformableDETR"]
+
+
+class DNDeformableDETR(DETRBase):
+    """DN-Deformable-DETR.
+
+    Args:
+        backbone, position_embedding, neck: as `DeformableDETR`.
+        transformer: `DNDeformableDetrTransformer`.
+        embed_dim: transformer width C.
+        num_classes: sigmoid classes.
+        num_queries: matching queries Q.
+        criterion: `DNCriterion`.
+        pixel_mean, pixel_std, select_box_nums_for_evaluation, device: see `DETRBase`.
+        aux_loss: supervise every decoder layer.
+        as_two_stage: not supported (must be False).
+        denoising_groups: noised copies of the ground truth (5).
+        label_noise_prob: probability of replacing a denoising label (0.2; drawn from the 81 label-encoder rows).
+        box_noise_scale: relative box jitter of the denoising boxes (0.4).
+        with_indicator: the content queries' last channel flags denoising (1) vs matching (0) queries.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        position_embedding: nn.Module,
+        neck: nn.Module,
+        transformer: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        num_queries: int,
+        criterion: nn.Module,
+        pixel_mean: Sequence[float] = IMAGENET_PIXEL_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_PIXEL_STD,
+        aux_loss: bool = True,
+        as_two_stage: bool = False,
+        denoising_groups: int = 5,
+        label_noise_prob: float = 0.2,
+        box_noise_scale: float = 0.4,
+        with_indicator: bool = True,
+        select_box_nums_for_evaluation: int = 300,
+        device: Optional[str] = None,
+    ):
+        super().__init__(
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            device=device,
+        )
+        if as_two_stage:
+            raise NotImplementedError("DNDeformableDETR: as_two_stage=True is not implemented")
+        self.backbone = backbone
+        self.position_embedding = position_embedding
+        self.neck = neck
+        self.num_queries = num_queries
+        self.with_indicator = with_indicator
+        self.tgt_embed = nn.Embedding(num_queries, embed_dim - 1 if with_indicator else embed_dim)
+        self.refpoint_embed = nn.Embedding(num_queries, 4)
+        self.transformer = transformer
+        self.class_embed = nn.Linear(embed_dim, num_classes)
+        self.bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.as_two_stage = False
+        self.aux_loss = aux_loss
+        self.criterion = criterion
+        self.denoising_groups = denoising_groups
+        self.label_noise_prob = label_noise_prob
+        self.box_noise_scale = box_noise_scale
+        self._init_weights()
+
+        num_pred = transformer.decoder.num_layers
+        self.class_embed = nn.ModuleList(copy.deepcopy(self.class_embed) for _ in range(num_pred))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(num_pred))
+        nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)  # head 0 only, as upstream
+        self.transformer.decoder.bbox_embed = self.bbox_embed
+        # registered last, as upstream (state-dict order)
+        self.denoising_generator = GenerateDNQueries(
+            num_queries=num_queries,
+            num_classes=num_classes + 1,  # the last row is "no object"
+            label_embed_dim=embed_dim,
+            denoising_groups=denoising_groups,
+            label_noise_prob=label_noise_prob,
+            box_noise_scale=box_noise_scale,
+            with_indicator=with_indicator,
+        )
+
+    def _init_weights(self):
+        """Zero content queries; anchors uniform in [0, 1], stored as clamp(inverse_sigmoid, -3, 3); class-bias prior
+        0.01; zero last box layer; xavier-uniform neck convs (detrex)."""
+        nn.init.zeros_(self.tgt_embed.weight)
+        nn.init.uniform_(self.refpoint_embed.weight)
+        with torch.no_grad():
+            self.refpoint_embed.weight.copy_(inverse_sigmoid(self.refpoint_embed.weight).clamp(-3, 3))
+        prior_prob = 0.01
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
+        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
+        for module in self.neck.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight, gain=1)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+
+    # ------------------------------------------------------------------ extension points
+    def transformer_inputs(self, images: ImageList, multi_level_masks: List[torch.Tensor],
+                           multi_level_feats: Sequence[torch.Tensor], levels, targets: Optional[List[Dict]]) -> Dict:
+        """Extra keyword arguments for the encoder; see `DeformableDETR.transformer_inputs`. Baseline: none."""
+        return {}
+
+    def build_queries(self, batch_size: int, targets: Optional[List[Dict]]) -> Dict:
+        """The decoder's queries.
+
+        Returns a dict: ``label_query`` (B, Q', C) content queries, ``box_query`` (B, Q', 4) anchors before
+        sigmoid, ``attn_mask`` (Q', Q') bool (True = blocked) or None, ``denoising_groups`` G,
+        ``max_gt_num_per_image`` M. In training (``targets`` given) the G*M denoising queries come first.
+        """
+        label_query = self.tgt_embed.weight
+        if self.with_indicator:
+            label_query = torch.cat([label_query, label_query.new_zeros(self.num_queries, 1)], 1)
+        label_query = label_query.unsqueeze(0).repeat(batch_size, 1, 1)
+        box_query = self.refpoint_embed.weight.unsqueeze(0).repeat(batch_size, 1, 1)
+        if targets is None:
+            return {"label_query": label_query, "box_query": box_query, "attn_mask": None,
+                    "denoising_groups": self.denoising_groups, "max_gt_num_per_image": 0}
+        dn_labels, dn_boxes, attn_mask, groups, max_gt = self.denoising_generator(
+            [t["labels"] for t in targets], [t["boxes"] for t in targets]
+        )
+        return {
+            "label_query": torch.cat([dn_labels, label_query], 1),
+            "box_query": torch.cat([dn_boxes, box_query], 1),
+            "attn_mask": attn_mask,
+            "denoising_groups": groups,
+            "max_gt_num_per_image": max_gt,
+        }
+
+    def predict(self, inter_states: torch.Tensor, init_reference: torch.Tensor, inter_references: torch.Tensor):
+        """Per-layer heads -> logits [L, B, Q', K] and boxes [L, B, Q', 4] (see `DeformableDETR.predict`)."""
+        classes, coords = [], []
+        for lvl in range(inter_states.shape[0]):
+            reference = init_reference if lvl == 0 else inter_references[lvl - 1]
+            classes.append(self.class_embed[lvl](inter_states[lvl]))
+            coords.append(apply_box_deltas(self.bbox_embed[lvl](inter_states[lvl]), reference))
+        return torch.stack(classes), torch.stack(coords)
+
+    # ------------------------------------------------------------------ forward
+    def multi_level_inputs(self, images: ImageList):
+        """Backbone + neck + per-level masks and positions: (feats, masks, pos_embeds) lists."""
+        img_masks = self.padding_mask(images)
+        multi_level_feats = self.neck(self.backbone(images.tensor))
+        multi_level_masks = [self.downsample_mask(img_masks, feat.shape[-2:]) for feat in multi_level_feats]
+        multi_level_pos = [self.position_embedding(mask) for mask in multi_level_masks]
+        return multi_level_feats, multi_level_masks, multi_level_pos
+
+    def forward_raw(self, images: ImageList, targets: Optional[List[Dict]] = None) -> Dict:
+        """Raw outputs of the matching queries -- ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4)
+        normalized cxcywh, ``aux_outputs`` -- and ``denoising_output`` (same layout over the G*M denoising
+        queries; None in eval), ``denoising_groups`` and ``max_gt_num_per_image``."""
+        feats, masks, poses = self.multi_level_inputs(images)
+        levels = self.transformer.flatten_inputs(feats, masks, poses)
+        extra = self.transformer_inputs(images, masks, feats, levels, targets)
+        queries = self.build_queries(len(images), targets)
+        inter_states, init_reference, inter_references, _, _ = self.transformer(
+            feats, masks, poses, queries["label_query"], queries["box_query"],
+            attn_masks=[queries["attn_mask"], None], levels=levels, **extra,
+        )
+        outputs_class, outputs_coord = self.predict(inter_states, init_reference, inter_references)
+        groups, max_gt = queries["denoising_groups"], queries["max_gt_num_per_image"]
+        outputs_class, outputs_coord, dn_output = dn_post_process(
+            outputs_class, outputs_coord, groups, max_gt, aux_loss=self.aux_loss
+        )
+        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss:
+            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        output.update(denoising_output=dn_output, denoising_groups=groups, max_gt_num_per_image=max_gt)
+        return output
