@@ -207,7 +207,7 @@ class Visualizer:
         base = np.asarray(self.output.pil.convert("RGB")).astype(np.float32)
         col = np.asarray(color, dtype=np.float32)[None, None]
         base = np.where(m[..., None], (1 - alpha) * base + alpha * col, base)
-        self.output.pil = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        self.output.pil = Image.fromarray(np.clip(np.rint(base), 0, 255).astype(np.uint8))
         if outline:
             self._draw_grid_outline(mask, color)
         return self
@@ -222,7 +222,7 @@ class Visualizer:
         base = np.asarray(self.output.pil.convert("RGB")).astype(np.float32)
         gray = base.mean(axis=2, keepdims=True).repeat(3, axis=2)  # greyscale background keeps the map readable
         out = (1 - alpha) * gray + alpha * rgb
-        self.output.pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+        self.output.pil = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
         return self
 
     def _stretch(self, grid: np.ndarray) -> np.ndarray:
@@ -317,6 +317,9 @@ def make_panel(images: Sequence[np.ndarray], titles: Optional[Sequence[str]] = N
     cap_h = max(text_h(t) for t in titles)
     head_h = text_h(title) + pad if title else 0
     W = ncols * cell_w + (ncols + 1) * pad
+    if title:  # never clip the panel title
+        l, t, r, b = probe.multiline_textbbox((0, 0), title, font=font)
+        W = max(W, r - l + 2 * pad)
     H = head_h + nrows * (cell_h + cap_h) + (nrows + 1) * pad
     canvas = Image.new("RGB", (W, H), tuple(background))
     d = ImageDraw.Draw(canvas)
