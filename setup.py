@@ -3,9 +3,17 @@
 A default install is pure Python: no compiler, no CUDA toolkit. The repository's `configs/` directory is
 shipped inside the package as `detrex/_configs` so that `detrex.config.get_config("common/...")` works in
 regular (non-editable) installs too; an editable install reads `configs/` in place.
+
+Optional CUDA op: the multi-scale deformable attention extension `detrex._C` (sources in `detrex/layers/csrc/`) is
+built only when `FORCE_CUDA=1`, or when a CUDA toolkit (nvcc) is found and `torch.cuda.is_available()`. The GPU
+architectures come from `TORCH_CUDA_ARCH_LIST` (e.g. "9.0", or "8.0;8.6;9.0+PTX"). Without it, the pure-PyTorch op
+is used and nothing is compiled. torch is imported only on that path (pyproject's build requirements are setuptools
+and wheel); see `_cuda_extensions()`.
 """
 import os
 import shutil
+import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -51,6 +59,96 @@ class BuildPyWithConfigs(build_py):
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+def _cuda_home():
+    """The CUDA toolkit root (holding bin/nvcc and include/cuda_runtime.h), or None."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:  # nvcc may be a wrapper script or symlink outside the toolkit (e.g. /usr/local/bin/nvcc)
+        candidates += [os.path.dirname(os.path.dirname(nvcc)), os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if home and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")) and (
+            os.path.isfile(os.path.join(home, "bin", "nvcc"))
+        ):
+            return home
+    return None
+
+
+def _import_torch(forced: bool):
+    """torch, or None. Under pip's build isolation torch is not importable from the build environment; the target
+    environment's own torch (the one the extension must match) is then looked up in its site-packages."""
+    try:
+        import torch  # noqa: F401
+        return torch
+    except Exception:  # ImportError, or a broken torch install: never fatal for a default install
+        pass
+    for path in dict.fromkeys((sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])):
+        if os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
+            sys.path.append(path)
+            try:
+                import torch  # noqa: F811
+                print(f"detrex setup.py: building the CUDA op against torch {torch.__version__} from {path}")
+                return torch
+            except Exception:
+                sys.path.remove(path)
+    if forced:
+        raise SystemExit(
+            "detrex setup.py: FORCE_CUDA=1 needs torch to build the CUDA op, but torch is not importable. Install "
+            "torch first (pip install torch==2.14.1), then run: FORCE_CUDA=1 pip install --no-build-isolation -e ."
+        )
+    return None
+
+
+def _cuda_extensions():
+    """([CUDAExtension detrex._C], {"build_ext": BuildExtension}) when the CUDA op should be built, else ([], {})."""
+    forced = os.environ.get("FORCE_CUDA", "0") == "1"
+    cuda_home = _cuda_home()
+    if not forced and cuda_home is None:
+        return [], {}
+    if cuda_home is not None and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension when it is imported
+    torch = _import_torch(forced)
+    if torch is None:
+        return [], {}
+    if not forced and not torch.cuda.is_available():
+        return [], {}
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+
+    if CUDA_HOME is None:
+        raise SystemExit("detrex setup.py: FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to a toolkit "
+                         "whose major version matches torch.version.cuda (" + str(torch.version.cuda) + ")")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # no GPU to detect the architecture from: a short default list instead of torch's every-arch default
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;8.9;9.0+PTX"
+        print("detrex setup.py: TORCH_CUDA_ARCH_LIST unset and no GPU visible; building for "
+              + os.environ["TORCH_CUDA_ARCH_LIST"])
+    csrc = os.path.join("detrex", "layers", "csrc")
+    ext = CUDAExtension(
+        name="detrex._C",
+        sources=[os.path.join(csrc, "msda_op.cpp"), os.path.join(csrc, "msda_kernels.cu")],
+        include_dirs=[os.path.join(HERE, csrc)],
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+    )
+
+    class BuildOptionalExtension(BuildExtension):
+        """Without FORCE_CUDA=1 a failed build only warns: the pure-PyTorch op still works."""
+
+        def build_extension(self, extension):
+            try:
+                super().build_extension(extension)
+            except Exception as e:  # compiler errors surface as several exception types
+                if forced:
+                    raise
+                # drop it so that later steps (copying into the source tree, listing outputs) do not look for it
+                self.extensions = [e for e in self.extensions if e is not extension]
+                print(f"detrex setup.py: WARNING: building the optional CUDA op {extension.name} failed ({e}); "
+                      "the pure-PyTorch op will be used. Set FORCE_CUDA=1 to make this an error.")
+
+    return [ext], {"build_ext": BuildOptionalExtension}
+
+
+EXT_MODULES, EXT_CMDCLASS = _cuda_extensions()
+
 setup(
     name="detrex",
     version="0.1.0",
@@ -61,5 +159,6 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    cmdclass={"build_py": BuildPyWithConfigs},
+    ext_modules=EXT_MODULES,
+    cmdclass={"build_py": BuildPyWithConfigs, **EXT_CMDCLASS},
 )

@@ -150,7 +150,8 @@ def compiled_op_for(value: torch.Tensor) -> Optional[Callable]:
 
 
 def _op_name(op: Callable) -> str:
-    return str(getattr(op, "__qualname__", None) or getattr(op, "__name__", None) or op)
+    names = ("_qualified_op_name", "__qualname__", "__name__")
+    return str(next((getattr(op, n) for n in names if getattr(op, n, None)), op))
 
 
 def msda_backend_info() -> str:

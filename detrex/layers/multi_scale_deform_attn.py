@@ -173,7 +173,15 @@ def ms_deform_attn(
     if level_start_index is None:
         sizes = spatial_shapes.prod(1)
         level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
-    return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step)
+    # the compiled op rejects strided inputs; .contiguous() is free when they already are
+    return op(
+        value.contiguous(),
+        spatial_shapes,
+        level_start_index,
+        sampling_locations.contiguous(),
+        attention_weights.contiguous(),
+        im2col_step,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

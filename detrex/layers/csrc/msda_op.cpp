@@ -189,8 +189,12 @@ static PyModuleDef detrex_msda_module = {
     PyModuleDef_HEAD_INIT,
     DETREX_MSDA_STR(TORCH_EXTENSION_NAME),
     "detrex compiled ops: registers torch.ops.detrex.ms_deform_attn (CUDA) on import.",
-    -1,
-    nullptr,
+    -1,      // m_size
+    nullptr, // m_methods
+    nullptr, // m_slots
+    nullptr, // m_traverse
+    nullptr, // m_clear
+    nullptr, // m_free
 };
 
 PyMODINIT_FUNC DETREX_MSDA_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
