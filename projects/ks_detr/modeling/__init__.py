@@ -1,15 +1,32 @@
-"""KS-DETR (Zhao & Ukita 2023) on DAB-DETR: GT token mask, sMLP, triple/dual attention, KS-DAB-DETR."""
+"""KS-DETR (Zhao & Ukita 2023): GT token mask, sMLP, triple/dual attention; KS-DAB-, KS-Conditional- and
+KS-DN-DETR."""
 from .checkpoint import convert_ks_to_baseline
 from .gt_mask import boxes_to_canvas, gt_token_mask, gt_token_mask_multi_level, resize_canvas
+from .ks_conditional_detr import KSConditionalDETR
+from .ks_conditional_transformer import KSConditionalDetrTransformer, KSConditionalDetrTransformerEncoder
 from .ks_dab_detr import KSDABDETR
 from .ks_dab_transformer import KSDabDetrTransformer, KSDabDetrTransformerEncoder
+from .ks_dn_detr import KSDNDETR
+from .ks_dn_transformer import KSDNDetrTransformer, KSDNDetrTransformerEncoder
 from .smlp import KSGT, TokenSplit, sMLP
-from .triple_attention import KSMultiheadTripleAttention, KSTripleAttnEncoderLayer, MultiheadTripleAttention
+from .triple_attention import (
+    KSEncoderMixin,
+    KSMultiheadTripleAttention,
+    KSTripleAttnEncoderLayer,
+    MultiheadTripleAttention,
+)
 
 __all__ = [
     "KSDABDETR",
     "KSDabDetrTransformer",
     "KSDabDetrTransformerEncoder",
+    "KSConditionalDETR",
+    "KSConditionalDetrTransformer",
+    "KSConditionalDetrTransformerEncoder",
+    "KSDNDETR",
+    "KSDNDetrTransformer",
+    "KSDNDetrTransformerEncoder",
+    "KSEncoderMixin",
     "KSGT",
     "sMLP",
     "TokenSplit",

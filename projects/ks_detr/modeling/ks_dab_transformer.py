@@ -5,70 +5,34 @@ Only the last encoder layer is a KS layer (the authors' ``regular_5-TripleAttnQK
 placements would need the teacher memories to go through the remaining layers, which the method does not
 define. Sequence-first shapes as in ``projects/dab_detr``.
 """
-import copy
-from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from projects.dab_detr.modeling import DabDetrTransformer, DabDetrTransformerEncoder
 
-from .triple_attention import KSMultiheadTripleAttention, KSTripleAttnEncoderLayer
+from .triple_attention import KSEncoderMixin
 
 __all__ = ["KSDabDetrTransformerEncoder", "KSDabDetrTransformer"]
 
 
-class KSDabDetrTransformerEncoder(DabDetrTransformerEncoder):
-    """DAB-DETR encoder whose last layer is a `KSTripleAttnEncoderLayer`.
+class KSDabDetrTransformerEncoder(KSEncoderMixin, DabDetrTransformerEncoder):
+    """DAB-DETR encoder whose last layer is a `KSTripleAttnEncoderLayer` (see `KSEncoderMixin`).
 
     Arguments are `DabDetrTransformerEncoder`'s plus:
         ks_mode: ``"triple"`` (default), ``"dual_share_a"`` or ``"dual_share_v"``.
         proj_drop: dropout on the KS attention output before the residual (0.0 in all configs).
 
     The KS layer reuses the regular layers' FFN and LayerNorm configuration. ``forward`` is the baseline
-    (student) encoder; `forward_teachers` also returns the teacher memories.
+    (student) encoder; `forward_teachers` also returns the teacher memories. Every layer, the KS layer's
+    teachers included, uses the positional embedding scaled by ``query_scale`` of its input.
     """
 
     def __init__(self, *args, ks_mode: str = "triple", proj_drop: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        template = self.layers[-1]
-        if not hasattr(template, "ffns") or len(template.ffns) != 1 or len(template.norms) != 2:
-            raise ValueError("KSDabDetrTransformerEncoder: the regular layers must be post-norm "
-                             "('self_attn', 'norm', 'ffn', 'norm') to build the KS layer from them.")
-        base_attn = template.attentions[0]
-        attn = KSMultiheadTripleAttention(
-            base_attn.embed_dim, base_attn.num_heads, attn_drop=base_attn.attn.dropout, proj_drop=proj_drop,
-            mode=ks_mode, batch_first=base_attn.batch_first,
-        )
-        self.layers[-1] = KSTripleAttnEncoderLayer(attn, copy.deepcopy(template.ffns[0]), template.norms[0])
-        self.ks_mode = ks_mode
+        self.install_ks_layer(ks_mode, proj_drop)
 
-    def forward_teachers(
-        self,
-        query: torch.Tensor,
-        query_pos: torch.Tensor,
-        query_key_padding_mask: Optional[torch.Tensor],
-        teacher_tokens: Callable[..., torch.Tensor],
-    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Encode with the teachers.
-
-        Args:
-            query: (N, B, C) tokens; query_pos: (N, B, C); query_key_padding_mask: (B, N) True = pad.
-            teacher_tokens: ``f(x, padding_mask=...) -> X^t`` (the detector's sMLP bound to this batch's GT
-                token mask), applied to the KS layer's input.
-        Returns:
-            student memory (N, B, C) and the teacher memories [(N, B, C), ...] (share V first, then share A).
-        """
-        for layer in self.layers[:-1]:
-            query = layer(query, None, None, query_pos=query_pos * self.query_scale(query),
-                          query_key_padding_mask=query_key_padding_mask)
-        layer = self.layers[-1]
-        teacher_query = teacher_tokens(query, padding_mask=query_key_padding_mask)
-        memory, teachers = layer.forward_teachers(query, teacher_query, query_pos * self.query_scale(query),
-                                                  query_key_padding_mask)
-        if self.post_norm_layer is not None:
-            memory = self.post_norm_layer(memory)
-            teachers = [self.post_norm_layer(t) for t in teachers]
-        return memory, teachers
+    def layer_pos(self, query: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        return query_pos * self.query_scale(query)
 
 
 class KSDabDetrTransformer(DabDetrTransformer):

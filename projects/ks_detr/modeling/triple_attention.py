@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TEACHER_PROJECTIONS", "MultiheadTripleAttention", "KSMultiheadTripleAttention", "KSTripleAttnEncoderLayer"]
+__all__ = [
+    "TEACHER_PROJECTIONS",
+    "MultiheadTripleAttention",
+    "KSMultiheadTripleAttention",
+    "KSTripleAttnEncoderLayer",
+    "KSEncoderMixin",
+]
 
 # number of extra C-row blocks in the packed projection, per mode
 TEACHER_PROJECTIONS = {"triple": 3, "dual_share_a": 1, "dual_share_v": 2}
@@ -223,3 +229,55 @@ class KSTripleAttnEncoderLayer(nn.Module):
         ys = self.attentions[0].forward_teachers(query, teacher_query, query_pos, key_padding_mask)
         outs = [self._after_attention(y) for y in ys]
         return outs[0], outs[1:]
+
+
+class KSEncoderMixin:
+    """Turns a single-scale post-norm DETR encoder into a KS encoder (DAB-, DN- and Conditional-DETR).
+
+    Mix in before the baseline encoder class (a ``TransformerLayerSequence`` with ``layers`` and
+    ``post_norm_layer``) and call `install_ks_layer` at the end of ``__init__``. It replaces the last layer
+    by a `KSTripleAttnEncoderLayer` built from that layer's settings (heads, attention dropout, FFN,
+    LayerNorm), in place, so state-dict key names and order stay the baseline's. ``forward`` stays the
+    baseline (student) encoder; `forward_teachers` also returns the teacher memories.
+
+    Subclasses whose encoder transforms the positional embedding per layer override `layer_pos`
+    (DAB-/DN-DETR: ``P * query_scale(X)``); the default is the plain ``P`` (Conditional-DETR).
+    """
+
+    def install_ks_layer(self, ks_mode: str = "triple", proj_drop: float = 0.0) -> None:
+        template = self.layers[-1]
+        if not hasattr(template, "ffns") or len(template.ffns) != 1 or len(template.norms) != 2:
+            raise ValueError(f"{type(self).__name__}: the regular layers must be post-norm "
+                             "('self_attn', 'norm', 'ffn', 'norm') to build the KS layer from them.")
+        base_attn = template.attentions[0]
+        attn = KSMultiheadTripleAttention(
+            base_attn.embed_dim, base_attn.num_heads, attn_drop=base_attn.attn.dropout, proj_drop=proj_drop,
+            mode=ks_mode, batch_first=base_attn.batch_first,
+        )
+        self.layers[-1] = KSTripleAttnEncoderLayer(attn, copy.deepcopy(template.ffns[0]), template.norms[0])
+        self.ks_mode = ks_mode
+
+    def layer_pos(self, query: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """Positional embedding a layer with input ``query`` uses (baseline DETR: ``query_pos`` itself)."""
+        return query_pos
+
+    def forward_teachers(self, query, query_pos, query_key_padding_mask, teacher_tokens):
+        """Encode with the teachers.
+
+        Args:
+            query: (N, B, C) tokens; query_pos: (N, B, C); query_key_padding_mask: (B, N) True = pad.
+            teacher_tokens: ``f(x, padding_mask=...) -> X^t`` (the detector's sMLP bound to this batch's GT
+                token mask), applied to the KS layer's input.
+        Returns:
+            student memory (N, B, C) and the teacher memories [(N, B, C), ...] (share V first, then share A).
+        """
+        for layer in self.layers[:-1]:
+            query = layer(query, None, None, query_pos=self.layer_pos(query, query_pos),
+                          query_key_padding_mask=query_key_padding_mask)
+        teacher_query = teacher_tokens(query, padding_mask=query_key_padding_mask)
+        memory, teachers = self.layers[-1].forward_teachers(
+            query, teacher_query, self.layer_pos(query, query_pos), query_key_padding_mask)
+        if self.post_norm_layer is not None:
+            memory = self.post_norm_layer(memory)
+            teachers = [self.post_norm_layer(t) for t in teachers]
+        return memory, teachers

@@ -1,0 +1,25 @@
+# KS-DN-DETR R50 (triple attention, shared out-proj/norms/FFN): the DN-DETR R50 model of projects/dn_detr
+# plus the KS parts, so changes to the baseline reach this variant.
+# The authors' equivalent: KS-DETR projects/ks_detr/configs/ks_dn_detr/models/ks_dn_detr_r50_smlp_qkv_triple_attn.py
+from detrex.config import LazyCall as L
+from projects.ks_detr.modeling import KSDNDETR, KSGT, KSDNDetrTransformer, KSDNDetrTransformerEncoder
+
+from .....dn_detr.configs.models.dn_detr_r50 import model
+
+model._target_ = KSDNDETR
+model.transformer._target_ = KSDNDetrTransformer
+model.transformer.encoder._target_ = KSDNDetrTransformerEncoder
+# last encoder layer = triple attention ("regular_5-TripleAttnQKVShareAV_1")
+model.transformer.encoder.ks_mode = "triple"
+# GT token mask: "authors" = bilinear align_corners point sampling (released models);
+# "cell_overlap" keeps boxes smaller than a stride (behaviour change)
+model.ksgt = L(KSGT)(embed_dim=256, mask_rule="authors", pad_fg_pixel=0)
+
+# 8 prediction sets in training, each with a matching and a denoising part: pred = teacher 2 (share A)
+# final, aux _0.._5 = student decoder layers, _6 = teacher 1 (share V) final; every set gets the base
+# weights, denoising ones included (loss_class_dn_6, ...): 48 loss keys
+_base = {k: v for k, v in model.criterion.weight_dict.items() if not k[-1].isdigit()}
+model.criterion.weight_dict = {
+    **_base,
+    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers + 1) for k, v in _base.items()},
+}
