@@ -11,7 +11,18 @@
 Flow (as detrex's ``tools/train_net.py``): load the config, apply ``key=value`` overrides,
 ``default_setup`` (output dir, logs, ``config.yaml``, seed); then either evaluate
 ``train.init_checkpoint`` (``--eval-only``) or train with hooks in the order IterationTimer,
-EMAHook, LRScheduler, PeriodicCheckpointer, EvalHook, PeriodicWriter.
+EMAHook, LRScheduler, EvalHook, PeriodicWriter, PeriodicCheckpointer (the checkpoint last, see
+``detrex.engine.hooks``).
+
+Resume (``--resume``) continues from the newest complete checkpoint of ``train.output_dir`` with
+model, optimizer, scheduler, grad scaler, EMA, data-loader position, RNG states (every rank's) and
+metric histories; ``metrics.json`` lines after the resumed iteration are dropped first, so the
+file ends up as an uninterrupted run would have written it.
+
+User errors (missing config/checkpoint, unknown override key, wrong type, unregistered or empty
+dataset, undecodable image, unwritable output dir, non-finite loss, a peer process that died) end
+the run with ONE line ``train_net.py: error: ...`` on stderr and exit code 2 (configuration) or 1
+(run time), without a traceback; set ``DETREX_DEBUG=1`` to get the traceback.
 
 ``train.device`` decides where the model runs. If it asks for CUDA and none is available, the run
 falls back to CPU with one warning (``model.device`` is switched too when it was a CUDA string);
@@ -41,6 +52,7 @@ from detrex.engine import (  # noqa: E402
 )
 from detrex.engine import ema  # noqa: E402
 from detrex.utils import comm  # noqa: E402
+from detrex.utils.events import truncate_metrics_json  # noqa: E402
 
 logger = logging.getLogger("detrex")
 
@@ -154,10 +166,12 @@ def do_train(args, cfg):
         amp_dtype=try_get_key(cfg, "train.amp.dtype", default="float16"),
         clip_grad_params=cfg.train.clip_grad.params if cfg.train.clip_grad.enabled else None,
         device=cfg.train.device,
+        skip_nonfinite_loss=try_get_key(cfg, "train.skip_nonfinite_loss", default=False),
     )
     checkpointer = DetectionCheckpointer(
         model,
         cfg.train.output_dir,
+        match=try_get_key(cfg, "train.init_checkpoint_match", default="auto"),
         trainer=trainer,
         **ema.may_get_ema_checkpointer(cfg, model),
     )
@@ -167,28 +181,46 @@ def do_train(args, cfg):
             hooks.IterationTimer(),
             hooks.EMAHook(cfg, model) if cfg.train.model_ema.enabled else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    if checkpointer.resumed_from:
+        # the checkpoint holds the iteration that was just finished
+        start_iter = trainer.iter + 1
+        logger.info(f"Resuming from {checkpointer.resumed_from} at iteration {start_iter}.")
+    else:
+        start_iter = 0
+    writer = None
+    if comm.is_main_process():
+        if args.resume:
+            dropped = truncate_metrics_json(
+                os.path.join(cfg.train.output_dir, "metrics.json"), start_iter - 1
+            )
+            if dropped:
+                logger.info(f"Dropped {dropped} metrics.json line(s) after iteration "
+                            f"{start_iter - 1} (written after the checkpoint resumed from).")
+        # created after resuming, so that it appends to the trimmed files
+        writer = hooks.PeriodicWriter(
+            default_writers(cfg.train.output_dir, cfg.train.max_iter, window_size=window,
+                            start_iter=start_iter),
+            period=cfg.train.log_period,
+            flush_period=cfg.train.checkpointer.period,
+        )
+    # writer, then checkpointer (last): a checkpoint is written only after everything its
+    # iteration logged is on disk. The checkpointer runs on every rank (rank 0 writes) so that
+    # each rank's RNG state goes into the file.
+    trainer.register_hooks(
+        [
+            writer,
             hooks.PeriodicCheckpointer(
                 checkpointer,
                 period=cfg.train.checkpointer.period,
                 max_to_keep=try_get_key(cfg, "train.checkpointer.max_to_keep", default=100),
-            )
-            if comm.is_main_process()
-            else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter, window_size=window),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
+                all_ranks=True,
+            ),
         ]
     )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    if args.resume and checkpointer.has_checkpoint():
-        # the checkpoint holds the iteration that was just finished
-        start_iter = trainer.iter + 1
-    else:
-        start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
 
 
@@ -233,9 +265,11 @@ def main(args):
         model.to(cfg.train.device)
         model = create_ddp_model(model)
         ema.may_build_model_ema(cfg, model)
-        DetectionCheckpointer(model, **ema.may_get_ema_checkpointer(cfg, model)).load(
-            cfg.train.init_checkpoint
-        )
+        DetectionCheckpointer(
+            model,
+            match=try_get_key(cfg, "train.init_checkpoint_match", default="auto"),
+            **ema.may_get_ema_checkpointer(cfg, model),
+        ).load(cfg.train.init_checkpoint, check_match=True)
         if cfg.train.model_ema.enabled and cfg.train.model_ema.use_ema_weights_for_eval_only:
             ema.apply_model_ema(model)
         print(do_test(cfg, model, eval_only=True))
@@ -243,28 +277,137 @@ def main(args):
         do_train(args, cfg)
 
 
-def _backend_for(args) -> str:
+def _backend_for(cfg) -> str:
     """gloo unless the (overridden) config trains on an available CUDA device."""
     if not torch.cuda.is_available():
         return "gloo"
-    try:
-        cfg = load_config(args)
-        device = str(try_get_key(cfg, "train.device", default="cuda"))
-    except Exception:
-        device = "cuda"
+    device = str(try_get_key(cfg, "train.device", default="cuda"))
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
+def _user_error_types():
+    """Exceptions that mean bad input or a failed peer (not a bug): reported in one line."""
+    import torch.distributed as dist
+
+    from detrex.checkpoint import CheckpointError
+    from detrex.config.overrides import ConfigKeyError, OverrideError
+    from detrex.data.build import DatasetNotRegisteredError, EmptyDatasetError
+    from detrex.data.detection_utils import BadImageError, SizeMismatchError
+
+    types = [ConfigKeyError, OverrideError, CheckpointError, DatasetNotRegisteredError,
+             EmptyDatasetError, BadImageError, SizeMismatchError, FileNotFoundError, IsADirectoryError,
+             NotADirectoryError, PermissionError, FloatingPointError]
+    for name in ("DistError", "DistBackendError", "DistNetworkError"):
+        if hasattr(dist, name):
+            types.append(getattr(dist, name))
+    return tuple(types)
+
+
+def _config_error_types():
+    from detrex.config import ConfigFileNotFoundError
+    from detrex.config.overrides import ConfigKeyError, OverrideError
+
+    return (ConfigKeyError, OverrideError, ConfigFileNotFoundError)
+
+
+def _error_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(str(msg).split())  # one line
+    return msg or type(e).__name__
+
+
+def _report_and_exit(e: BaseException) -> None:
+    import torch.distributed as dist
+
+    if os.environ.get("DETREX_DEBUG"):
+        raise e
+    code = 2 if isinstance(e, _config_error_types()) else 1
+    prefix = "train_net.py: error: "
+    if comm.get_world_size() > 1:
+        prefix += f"[rank {comm.get_rank()}] "
+    if hasattr(dist, "DistError") and isinstance(e, dist.DistError):
+        prefix += "a collective failed (a peer process died, hung or timed out): "
+    sys.stderr.write(prefix + _error_line(e) + "\n")
+    sys.stderr.flush()
+    # the full traceback goes to log.txt only (file handlers of the detrex logger)
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, prefix + _error_line(e),
+                               None, (type(e), e, e.__traceback__))
+    for h in logger.handlers:
+        if getattr(h, "stream", None) not in (None, sys.stdout, sys.stderr):
+            try:
+                h.handle(record)
+                h.flush()
+            except Exception:
+                pass
+    raise SystemExit(code)
+
+
+_PEER_FAILURE_MARKERS = ("Connection reset by peer", "Connection closed by peer", "timed out",
+                         "Timed out", "gloo/transport", "NCCL communicator was aborted",
+                         "Broken pipe")
+
+
+class PeerFailureError(RuntimeError):
+    """A collective failed in a multi-process run: a peer process died, hung or timed out."""
+
+
+def _as_peer_failure(e: BaseException):
+    if comm.get_world_size() > 1 and isinstance(e, RuntimeError) and any(
+        m in str(e) for m in _PEER_FAILURE_MARKERS
+    ):
+        return PeerFailureError(
+            "a collective failed (a peer process died, hung or timed out; see the other ranks' "
+            "log.txt.rank* files; $DETREX_DIST_TIMEOUT sets the timeout in seconds): "
+            + str(e).splitlines()[0]
+        )
+    return None
+
+
+def guarded_main(args):
+    """``main(args)`` with known user errors and peer failures reported in one line (exit code 1
+    or 2) instead of a traceback."""
+    try:
+        main(args)
+    except _user_error_types() as e:
+        _report_and_exit(e)
+    except RuntimeError as e:
+        peer = _as_peer_failure(e)
+        if peer is None:
+            raise
+        peer.__traceback__ = e.__traceback__
+        _report_and_exit(peer)
+
+
+def cli(argv=None) -> None:
+    args = default_argument_parser().parse_args(argv)
+    try:
+        if not args.config_file:
+            raise FileNotFoundError("--config-file is required (a LazyConfig .py or .yaml file).")
+        # validate the config (path, keys, types) once, before any process is started
+        cfg = load_config(args)
+        world = args.num_gpus * args.num_machines
+        backend = _backend_for(cfg) if world > 1 or "WORLD_SIZE" in os.environ else None
+    except _user_error_types() as e:
+        _report_and_exit(e)
+    import torch.multiprocessing as mp
+
+    try:
+        launch(
+            guarded_main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            backend=backend,
+        )
+    except mp.ProcessExitedException as e:
+        # a worker exited (its error line, if any, is already on stderr); the launcher has
+        # terminated the others
+        if not (e.exit_code and e.exit_code > 0):  # killed by a signal: nothing was printed
+            sys.stderr.write(f"train_net.py: error: {_error_line(e)}\n")
+        raise SystemExit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    world = args.num_gpus * args.num_machines
-    backend = _backend_for(args) if world > 1 or "WORLD_SIZE" in os.environ else None
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=backend,
-    )
+    cli()

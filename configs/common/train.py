@@ -9,6 +9,11 @@ train = dict(
     # Weights loaded before training (or evaluated with --eval-only); "" = from scratch.
     # detectron2://... names are read from $DETREX_WEIGHTS (default ~/.cache/detrex/weights)
     init_checkpoint="",
+    # How strictly init_checkpoint must fit the model: "auto" fails when nothing fits or more than
+    # half of the checkpoint's keys are unexpected/mis-shaped (another architecture) and warns about
+    # the rest (e.g. an ImageNet backbone without detector heads); "exact" fails on any mismatch;
+    # "partial" only warns (detectron2's behaviour)
+    init_checkpoint_match="auto",
     max_iter=90000,
     # Mixed precision: dtype "float16" (GradScaler on CUDA) or "bfloat16" (CPU and CUDA)
     amp=dict(enabled=False, dtype="float16"),
@@ -28,6 +33,13 @@ train = dict(
     ),
     # train.seed + rank seeds every RNG; < 0 draws a random seed (logged)
     seed=-1,
+    # Deterministic kernels (torch.use_deterministic_algorithms); with a fixed seed and the same
+    # thread count (OMP_NUM_THREADS), CPU runs repeat bit-exactly. Some CUDA ops have no
+    # deterministic kernel and then raise.
+    deterministic=False,
+    # A NaN/inf loss raises (naming the loss, iteration and image ids) unless this is True: then
+    # the batch is skipped (no optimizer step) and counted ("nonfinite_skipped" in metrics.json)
+    skip_nonfinite_loss=False,
     # Smoke test: max_iter=20, eval_period=10, log_period=1
     fast_dev_run=dict(enabled=False),
     # Periodic checkpoints model_{iter:07d}.pth; model_final.pth is always written at the end

@@ -4,10 +4,17 @@ from .c2_model_loading import (
     convert_c2_detectron_names,
     convert_torchvision_resnet_names,
 )
-from .detection_checkpoint import DetectionCheckpointer, load_torch_file
+from .detection_checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    DetectionCheckpointer,
+    load_torch_file,
+)
 
 __all__ = [
     "DetectionCheckpointer",
+    "CheckpointError",
+    "CheckpointMismatchError",
     "load_torch_file",
     "align_and_update_state_dicts",
     "convert_c2_detectron_names",

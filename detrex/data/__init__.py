@@ -4,13 +4,16 @@ samplers and loaders. Importing it registers the builtin datasets (``coco_2017_{
 
 from . import detection_utils, transforms  # noqa: F401
 from .build import (
+    EmptyDatasetError,
+    ResumableTrainLoader,
+    TrainBatchStream,
     build_batch_data_loader,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
     trivial_batch_collator,
 )
-from .catalog import DatasetCatalog, Metadata, MetadataCatalog
+from .catalog import DatasetCatalog, DatasetNotRegisteredError, Metadata, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from .dataset_mapper import DetrDatasetMapper
 from .datasets import load_coco_json, register_coco_instances, register_shapes  # also registers builtins
@@ -35,6 +38,10 @@ __all__ = [
     "DetrDatasetMapper",
     "TrainingSampler",
     "InferenceSampler",
+    "ResumableTrainLoader",
+    "TrainBatchStream",
+    "DatasetNotRegisteredError",
+    "EmptyDatasetError",
     "detection_utils",
     "transforms",
 ]

@@ -11,21 +11,25 @@ import itertools
 import logging
 import operator
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.utils.data as torchdata
 
 from ..utils import comm
-from .catalog import DatasetCatalog, MetadataCatalog
-from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
+from .catalog import DatasetCatalog, DatasetNotRegisteredError, MetadataCatalog
+from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset, TrainBatchStream
 from .samplers import InferenceSampler, TrainingSampler
 
 __all__ = [
+    "DatasetNotRegisteredError",
+    "EmptyDatasetError",
     "get_detection_dataset_dicts",
     "build_detection_train_loader",
     "build_detection_test_loader",
     "build_batch_data_loader",
+    "ResumableTrainLoader",
     "trivial_batch_collator",
     "worker_init_reset_seed",
     "filter_images_with_only_crowd_annotations",
@@ -33,6 +37,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class EmptyDatasetError(ValueError):
+    """A dataset with no images (before or after filtering)."""
 
 
 def filter_images_with_only_crowd_annotations(dataset_dicts: List[Dict]) -> List[Dict]:
@@ -105,13 +113,15 @@ def get_detection_dataset_dicts(
         raise NotImplementedError("precomputed proposals are not supported")
     missing = [n for n in names if n not in DatasetCatalog]
     if missing:
-        raise KeyError(
-            f"Dataset(s) {missing} are not registered! Available datasets are: {', '.join(sorted(DatasetCatalog.keys()))}"
+        raise DatasetNotRegisteredError(
+            f"Dataset(s) {missing} are not registered! Available datasets are: "
+            f"{', '.join(sorted(DatasetCatalog.keys())) or '(none)'}. Register your own with "
+            "detrex.data.register_coco_instances(name, {}, json_file, image_root) in the config file."
         )
     all_dicts = [DatasetCatalog.get(name) for name in names]
     for name, dicts in zip(names, all_dicts):
         if len(dicts) == 0:
-            raise ValueError(f"Dataset '{name}' is empty!")
+            raise EmptyDatasetError(f"Dataset '{name}' is empty: its registered function returned no images.")
     dataset_dicts = list(itertools.chain.from_iterable(all_dicts))
     has_instances = "annotations" in dataset_dicts[0]
     if filter_empty and has_instances:
@@ -122,7 +132,10 @@ def get_detection_dataset_dicts(
             _check_metadata_consistency("thing_classes", names)
             print_instances_class_histogram(dataset_dicts, meta.thing_classes)
     if len(dataset_dicts) == 0:
-        raise ValueError(f"No valid data found in {','.join(names)} (every image was filtered out).")
+        raise EmptyDatasetError(
+            f"No valid data found in {','.join(names)}: every image was filtered out (training keeps only "
+            "images with at least one non-crowd annotation). Check the annotations, or use filter_empty=False."
+        )
     return dataset_dicts
 
 
@@ -191,6 +204,89 @@ def build_batch_data_loader(
     )
 
 
+class ResumableTrainLoader:
+    """The infinite training loader returned by :func:`build_detection_train_loader`.
+
+    Iterating yields per-rank batches (``list[dict]``). ``state_dict()`` = ``{"num_batches", "seed"}``
+    (batches handed out so far); ``load_state_dict`` makes the next iterator continue with batch
+    ``num_batches`` exactly as an uninterrupted loader would, whatever ``num_workers``: without grouping
+    the :class:`TrainingSampler` is moved to global position ``num_batches * total_batch_size``; with
+    aspect-ratio grouping or another sampler (done on indices, see
+    :class:`TrainBatchStream`) the index stream is replayed. ``W`` processes together see the global
+    batches of one process (each rank a contiguous slice), grouping included.
+    The trainer checkpoints this state (``trainer.data_loader``).
+
+    Attributes: ``dataset`` (the mapped map-style dataset), ``sampler``, ``total_batch_size``,
+    ``batch_size`` (per rank).
+    """
+
+    def __init__(self, stream: TrainBatchStream, total_batch_size: int, num_workers: int = 0,
+                 collate_fn: Optional[Callable] = None):
+        self.stream = stream
+        self.dataset = stream.dataset
+        self.sampler = stream.sampler
+        self.total_batch_size = total_batch_size
+        self.batch_size = stream.batch_size
+        self.num_workers = num_workers
+        self.collate_fn = trivial_batch_collator if collate_fn is None else collate_fn
+        self._num_batches = 0
+        # fast-forward by moving the sampler (TrainingSampler only); other samplers are replayed
+        self._base_sampler_state = (
+            dict(self.sampler.state_dict()) if isinstance(self.sampler, TrainingSampler) else None
+        )
+
+    def __iter__(self):
+        kwargs = dict(num_workers=self.num_workers, worker_init_fn=worker_init_reset_seed)
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = False
+        # a fresh DataLoader per iterator: workers receive the current (resumed) stream state
+        loader = torchdata.DataLoader(self.stream, batch_size=None, collate_fn=self.collate_fn, **kwargs)
+        for batch in loader:
+            self._num_batches += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"num_batches": self._num_batches, "seed": int(getattr(self.sampler, "seed", -1))}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "num_batches" not in state:
+            logger.warning(f"Ignoring a data-loader state of another loader type: {sorted(state)}; "
+                           "the data order restarts from the beginning.")
+            return
+        n = int(state["num_batches"])
+        seed = int(state.get("seed", -1))
+        if seed >= 0 and hasattr(self.sampler, "seed") and seed != self.sampler.seed:
+            logger.warning(
+                f"Resuming the train loader with sampler seed {seed} (this run drew {self.sampler.seed}); "
+                "using the checkpoint's seed so that the data order continues exactly."
+            )
+        self._num_batches = n
+        if self.stream.group_ids is None and self._base_sampler_state is not None:
+            base = self._base_sampler_state
+            self.sampler.load_state_dict(
+                {"seed": seed if seed >= 0 else base["seed"],
+                 "start_index": int(base["start_index"]) + n * self.total_batch_size}
+            )
+            self.stream.start_batch = 0
+        else:
+            if seed >= 0 and self._base_sampler_state is not None:
+                self.sampler.load_state_dict(dict(self._base_sampler_state, seed=seed))
+            self.stream.start_batch = n
+
+
+def _orientation_group_ids(dataset) -> Optional[np.ndarray]:
+    """0 (``width > height``) / 1 per item of a list-like dataset of dicts; None if sizes are unknown."""
+    try:
+        n = len(dataset)
+        ids = np.empty(n, dtype=np.uint8)
+        for i in range(n):
+            d = dataset[i]
+            ids[i] = 0 if d["width"] > d["height"] else 1
+        return ids
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
 def build_detection_train_loader(
     dataset,
     *,
@@ -210,12 +306,22 @@ def build_detection_train_loader(
         mapper: dataset dict -> model input (e.g. :class:`DetrDatasetMapper`); None to skip mapping.
         total_batch_size: batch size summed over all processes.
         sampler: default ``TrainingSampler(len(dataset), seed=seed)``.
-        aspect_ratio_grouping: batch images of the same orientation together (default True, as detectron2).
+        aspect_ratio_grouping: batch images of the same orientation together (default True, as detectron2),
+            decided from the ORIGINAL ``width``/``height`` of the dataset dicts.
         num_workers: DataLoader worker processes.
         seed: sampler seed (None: a random seed shared across processes).
         collate_fn: applied to each list batch (default: none).
+
+    Returns a :class:`ResumableTrainLoader` (checkpointable position, per-sample seeded augmentation: the
+    batches do not depend on ``num_workers`` or on resuming) for map-style datasets; an IterableDataset
+    goes through :func:`build_batch_data_loader` (not resumable).
     """
     dataset = _as_dataset(dataset, filter_empty=True)
+    if hasattr(dataset, "__len__") and not isinstance(dataset, torchdata.IterableDataset) and len(dataset) == 0:
+        raise EmptyDatasetError("build_detection_train_loader: the training dataset is empty.")
+    group_ids = None
+    if aspect_ratio_grouping and not isinstance(dataset, torchdata.IterableDataset):
+        group_ids = _orientation_group_ids(dataset)
     if mapper is not None:
         dataset = MapDataset(dataset, mapper)
     if isinstance(dataset, torchdata.IterableDataset):
@@ -228,14 +334,28 @@ def build_detection_train_loader(
     logger.info(
         f"Using training sampler {type(sampler).__name__}" if sampler is not None else "Iterable dataset: no sampler"
     )
-    return build_batch_data_loader(
-        dataset,
-        sampler,
-        total_batch_size,
-        aspect_ratio_grouping=aspect_ratio_grouping,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-    )
+    if isinstance(dataset, torchdata.IterableDataset) or (aspect_ratio_grouping and group_ids is None):
+        if aspect_ratio_grouping and group_ids is None and not isinstance(dataset, torchdata.IterableDataset):
+            logger.warning(
+                "Aspect-ratio grouping without width/height in the dataset dicts: grouping after mapping; "
+                "the loader position is not checkpointed (resumed runs see other batches)."
+            )
+        return build_batch_data_loader(
+            dataset,
+            sampler,
+            total_batch_size,
+            aspect_ratio_grouping=aspect_ratio_grouping,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+        )
+    world_size = comm.get_world_size()
+    if total_batch_size <= 0 or total_batch_size % world_size != 0:
+        raise ValueError(
+            f"Total batch size ({total_batch_size}) must be divisible by the number of processes ({world_size})."
+        )
+    stream = TrainBatchStream(dataset, sampler, total_batch_size // world_size, group_ids=group_ids,
+                              rank=comm.get_rank(), world_size=world_size)
+    return ResumableTrainLoader(stream, total_batch_size, num_workers=num_workers, collate_fn=collate_fn)
 
 
 def build_detection_test_loader(

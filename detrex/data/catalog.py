@@ -14,7 +14,17 @@ import types
 from collections import UserDict
 from typing import Any, Callable, Dict, List
 
-__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
+__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata", "DatasetNotRegisteredError"]
+
+
+class DatasetNotRegisteredError(KeyError):
+    """A dataset name that is not registered; the message lists the registered names.
+
+    A ``KeyError`` (as in detectron2), so existing ``except KeyError`` code keeps working.
+    """
+
+    def __str__(self) -> str:  # the plain message, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
 
 
 class _DatasetCatalog(UserDict):
@@ -32,7 +42,7 @@ class _DatasetCatalog(UserDict):
         try:
             func = self[name]
         except KeyError as e:
-            raise KeyError(
+            raise DatasetNotRegisteredError(
                 f"Dataset '{name}' is not registered! Available datasets are: {', '.join(sorted(self.keys()))}. "
                 "Register your own with detrex.data.register_coco_instances(name, {}, json_file, image_root)."
             ) from e

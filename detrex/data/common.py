@@ -7,6 +7,9 @@
   DataLoader workers.
 - :class:`AspectRatioGroupedDataset`: groups mapped dicts into batches of images with the same orientation
   (two buckets by ORIGINAL ``width > height``).
+- :class:`TrainBatchStream`: sampler -> (optionally orientation-grouped) batches of indices -> mapped batches;
+  a deterministic function of the sampler stream, so a loader can resume at any batch exactly (used by
+  ``build_detection_train_loader``).
 """
 
 import copy
@@ -14,12 +17,14 @@ import itertools
 import logging
 import pickle
 import random
-from typing import Callable, Iterable, List
+from contextlib import contextmanager
+from typing import Callable, Iterable, List, Optional
 
 import numpy as np
+import torch
 import torch.utils.data as data
 
-__all__ = ["DatasetFromList", "MapDataset", "ToIterableDataset", "AspectRatioGroupedDataset"]
+__all__ = ["DatasetFromList", "MapDataset", "ToIterableDataset", "AspectRatioGroupedDataset", "TrainBatchStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +156,99 @@ class AspectRatioGroupedDataset(data.IterableDataset):
                 batch = bucket[:]
                 del bucket[:]
                 yield batch
+
+
+@contextmanager
+def _seeded_rngs(seed: int):
+    """Seed python/numpy/torch global RNGs with ``seed`` inside the block; restore them afterwards."""
+    py, np_state, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(th)
+
+
+class TrainBatchStream(data.IterableDataset):
+    """Infinite per-rank batches of mapped items, exactly resumable and independent of the process count.
+
+    The batches are a deterministic function of the sampler's GLOBAL stream:
+
+    1. every rank reads the whole global index stream (``sampler.iter_global_with_positions()``, e.g.
+       :class:`~detrex.data.samplers.TrainingSampler`) and cuts the same global batches of
+       ``batch_size * world_size`` indices: consecutive chunks, or, with ``group_ids`` (bucket id per
+       dataset index, e.g. 0 for ``width > height`` else 1, from the ORIGINAL sizes), per-bucket groups
+       (a global batch is emitted when its bucket is full);
+    2. rank ``r`` loads the ``r``-th contiguous ``batch_size`` slice of each global batch, so ``W`` processes
+       see exactly the global batches of one process;
+    3. batch ``j`` is loaded by DataLoader worker ``j % num_workers`` (all workers replay the cheap index
+       stream), so the order does not depend on the number of workers;
+    4. with ``seed_per_item`` each item is mapped with python/numpy/torch RNGs seeded from
+       ``(sampler seed, global position)`` (global RNG states are restored after), so random augmentation
+       does not depend on workers, process count or resumes.
+
+    A sampler without ``iter_global_with_positions`` is used as a per-rank stream (steps 1-2 then apply
+    to this rank's indices only). ``start_batch`` skips that many batches by replaying the index stream
+    (no image is loaded): this is how a resumed loader continues where the interrupted one stopped.
+    Residual non-exactness: a mapper that returns None (e.g. a skipped undecodable image) is replaced by
+    :class:`MapDataset`'s own retry RNG, which is not part of the resumable state.
+    """
+
+    def __init__(self, dataset, sampler, batch_size: int, group_ids: Optional[np.ndarray] = None,
+                 seed_per_item: bool = True, rank: int = 0, world_size: int = 1):
+        if isinstance(dataset, data.IterableDataset):
+            raise TypeError("TrainBatchStream needs a map-style dataset")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.group_ids = group_ids
+        self.seed_per_item = seed_per_item
+        self.start_batch = 0
+        self.global_stream = hasattr(sampler, "iter_global_with_positions")
+        self.rank, self.world_size = (rank, world_size) if self.global_stream else (0, 1)
+
+    def _positions(self):
+        if self.global_stream:
+            return self.sampler.iter_global_with_positions()
+        if hasattr(self.sampler, "iter_with_positions"):
+            return self.sampler.iter_with_positions()
+        return enumerate(self.sampler)
+
+    def index_batches(self):
+        """Infinite (for an infinite sampler) iterator of this rank's batches of ``(position, index)``."""
+        size = self.batch_size * self.world_size
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        it = self._positions()
+        if self.group_ids is None:
+            while True:
+                chunk = list(itertools.islice(it, size))
+                if len(chunk) < size:
+                    return
+                yield chunk[lo:hi]
+        buckets = {}
+        for pos, idx in it:
+            bucket = buckets.setdefault(int(self.group_ids[idx]), [])
+            bucket.append((pos, idx))
+            if len(bucket) == size:
+                batch = bucket[lo:hi]
+                del bucket[:]
+                yield batch
+
+    def _load(self, pos: int, idx: int):
+        if not self.seed_per_item:
+            return self.dataset[idx]
+        base = int(getattr(self.sampler, "seed", 0))
+        with _seeded_rngs((base * 1_000_003 + int(pos)) % 2**63):
+            return self.dataset[idx]
+
+    def __iter__(self):
+        worker_info = data.get_worker_info()
+        wid, nw = (0, 1) if worker_info is None else (worker_info.id, worker_info.num_workers)
+        batches = itertools.islice(self.index_batches(), self.start_batch, None)
+        for j, batch in enumerate(batches):
+            if j % nw == wid:
+                yield [self._load(pos, idx) for pos, idx in batch]

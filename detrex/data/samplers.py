@@ -44,10 +44,27 @@ class TrainingSampler(Sampler):
         self._num_yielded = 0  # per-rank items yielded by iterators created in this process
 
     def __iter__(self):
-        start = self._start_index + self._rank
-        for idx in itertools.islice(self._infinite_indices(), start, None, self._world_size):
-            self._num_yielded += 1
+        for _, idx in self.iter_with_positions():
             yield idx
+
+    def iter_with_positions(self):
+        """Like ``iter(sampler)`` but yields ``(global_position, index)``: the position of the
+        index in the global stream (shared by all ranks), e.g. to seed per-sample augmentation."""
+        start = self._start_index + self._rank
+        stream = itertools.islice(self._infinite_indices(), start, None, self._world_size)
+        for pos, idx in zip(itertools.count(start, self._world_size), stream):
+            self._num_yielded += 1
+            yield pos, idx
+
+    def iter_global_with_positions(self):
+        """``(global_position, index)`` for EVERY position from ``start_index`` on (not sharded):
+        lets each rank cut the same global batches (e.g. grouped by aspect ratio) and take its part."""
+        stream = itertools.islice(self._infinite_indices(), self._start_index, None)
+        return zip(itertools.count(self._start_index), stream)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
 
     def _infinite_indices(self):
         g = torch.Generator()

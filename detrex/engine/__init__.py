@@ -3,7 +3,13 @@
 Everything runs on CPU as well as CUDA; ``train.device`` decides.
 """
 from . import hooks
-from .defaults import create_ddp_model, default_argument_parser, default_setup, default_writers
+from .defaults import (
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    enable_deterministic,
+)
 from .launch import launch
 from .train_loop import HookBase, SimpleTrainer, Trainer, TrainerBase
 
@@ -12,6 +18,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "create_ddp_model",
+    "enable_deterministic",
     "launch",
     "HookBase",
     "TrainerBase",

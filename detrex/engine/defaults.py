@@ -23,6 +23,7 @@ __all__ = [
     "default_setup",
     "default_writers",
     "create_ddp_model",
+    "enable_deterministic",
 ]
 
 
@@ -121,7 +122,9 @@ def default_setup(cfg, args) -> None:
     3. log rank/world size, environment info, command-line args and the config file text;
     4. save the full config to ``<output_dir>/config.yaml`` with ``LazyConfig.save`` (rank 0);
     5. seed all RNGs with ``train.seed + rank`` (``train.seed < 0``: a random seed, logged);
-    6. ``cudnn.benchmark = train.cudnn_benchmark`` (default False) unless ``--eval-only``.
+    6. ``cudnn.benchmark = train.cudnn_benchmark`` (default False) unless ``--eval-only``;
+    7. ``train.deterministic=True``: :func:`enable_deterministic` (deterministic kernels, errors
+       on ops that have none).
     """
     output_dir = _try_get_key(cfg, "train.output_dir", "output_dir", "OUTPUT_DIR")
     if comm.is_main_process() and output_dir:
@@ -157,18 +160,43 @@ def default_setup(cfg, args) -> None:
         torch.backends.cudnn.benchmark = bool(
             _try_get_key(cfg, "train.cudnn_benchmark", "CUDNN_BENCHMARK", default=False)
         )
+    if _try_get_key(cfg, "train.deterministic", default=False):
+        enable_deterministic()
+        logger.info("Deterministic algorithms enabled (train.deterministic=True).")
     fp32_precision = _try_get_key(cfg, "train.float32_precision", default=None)
     if fp32_precision:
         torch.set_float32_matmul_precision(str(fp32_precision))
 
 
-def default_writers(output_dir: str, max_iter: Optional[int] = None, window_size: int = 20):
-    """Console line, ``<output_dir>/metrics.json`` and TensorBoard events in ``output_dir``."""
+def enable_deterministic() -> None:
+    """Make torch pick deterministic kernels (and raise on ops that have none).
+
+    Sets ``torch.use_deterministic_algorithms(True)``, ``cudnn.deterministic=True``,
+    ``cudnn.benchmark=False`` and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (needed by cuBLAS on CUDA
+    >= 10.2) unless already set. With a fixed ``train.seed`` and the same number of threads
+    (``OMP_NUM_THREADS``; it changes reduction order) this makes CPU runs bit-identical; on
+    CUDA, ops without a deterministic kernel raise a RuntimeError naming the op.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def default_writers(output_dir: str, max_iter: Optional[int] = None, window_size: int = 20,
+                    start_iter: int = 0):
+    """Console line, ``<output_dir>/metrics.json`` and TensorBoard events in ``output_dir``.
+
+    ``start_iter > 0`` (a resumed run): TensorBoard events at steps >= ``start_iter`` written by
+    the interrupted run are purged (``purge_step``); trim ``metrics.json`` with
+    :func:`detrex.utils.events.truncate_metrics_json` before creating the writers.
+    """
     PathManager.mkdirs(output_dir)
+    tb_kwargs = {"purge_step": int(start_iter)} if start_iter > 0 else {}
     return [
         CommonMetricPrinter(max_iter, window_size=window_size),
         JSONWriter(os.path.join(output_dir, "metrics.json"), window_size=window_size),
-        TensorboardXWriter(output_dir, window_size=window_size),
+        TensorboardXWriter(output_dir, window_size=window_size, **tb_kwargs),
     ]
 
 

@@ -3,11 +3,16 @@
 1. :class:`IterationTimer` - per-step ``time`` scalar, overall speed at the end;
 2. :class:`EMAHook` - only with ``train.model_ema.enabled``;
 3. :class:`LRScheduler` - logs ``lr`` and steps the schedule;
-4. :class:`PeriodicCheckpointer` - ``model_{iter:07d}.pth``, ``model_final.pth`` (rank 0);
-5. :class:`EvalHook` - periodic and final evaluation (all ranks);
-6. :class:`PeriodicWriter` - console line, ``metrics.json``, TensorBoard (rank 0).
+4. :class:`EvalHook` - periodic and final evaluation (all ranks);
+5. :class:`PeriodicWriter` - console line, ``metrics.json``, TensorBoard (rank 0); also writes at
+   every checkpoint iteration;
+6. :class:`PeriodicCheckpointer` - ``model_{iter:07d}.pth``, ``model_final.pth`` (all ranks
+   compute the state, rank 0 writes).
 
-Semantics follow detectron2's ``engine/hooks.py``.
+Semantics follow detectron2's ``engine/hooks.py``. Difference from detrex's order (checkpointer
+before evaluation and writer): the checkpoint of an iteration is written LAST, after that
+iteration's evaluation results and metrics are on disk, so a run killed at any moment and
+resumed from its newest checkpoint produces exactly the ``metrics.json`` of an uninterrupted run.
 """
 import datetime
 import logging
@@ -123,14 +128,21 @@ class IterationTimer(HookBase):
 class PeriodicWriter(HookBase):
     """Calls every writer's ``write()`` every ``period`` iterations and at the last iteration."""
 
-    def __init__(self, writers, period: int = 20):
+    def __init__(self, writers, period: int = 20, flush_period: int = 0):
         self._writers = writers
         for w in writers:
             assert isinstance(w, EventWriter), w
         self._period = period
+        # also write every `flush_period` iterations (train_net passes the checkpoint period and
+        # runs this hook before the checkpointer): a checkpoint then never marks as done an
+        # iteration whose metrics are not on disk, so metrics.json is exact after a resume
+        self._flush_period = flush_period
 
     def after_step(self):
-        if (self.trainer.iter + 1) % self._period == 0 or (
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period == 0 or (
+            self._flush_period > 0 and next_iter % self._flush_period == 0
+        ) or (
             self.trainer.iter == self.trainer.max_iter - 1
         ):
             for writer in self._writers:
@@ -148,11 +160,27 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
 
     Saves ``model_{iter:07d}.pth`` when ``(iter + 1) % period == 0`` and ``model_final.pth`` at
     ``iter >= max_iter - 1``; keeps at most ``max_to_keep`` periodic files. Each file holds the
-    checkpointer's ``model`` and checkpointables plus ``"iteration"``.
+    checkpointer's ``model`` and checkpointables plus ``"iteration"``. Files are written
+    atomically by :class:`~detrex.checkpoint.DetectionCheckpointer`.
+
+    ``all_ranks=True``: the hook is registered on EVERY process (the checkpointer writes only on
+    rank 0); the trainer's state is then computed on all ranks at the same iterations, which lets
+    it gather every rank's RNG state into the file (exact multi-process resume). Only rank 0
+    deletes old files.
     """
+
+    def __init__(self, checkpointer, period: int, max_iter=None, max_to_keep=None,
+                 file_prefix: str = "model", all_ranks: bool = False):
+        super().__init__(checkpointer, period, max_iter=max_iter, max_to_keep=max_to_keep,
+                         file_prefix=file_prefix)
+        self.all_ranks = all_ranks
+        if not comm.is_main_process():
+            self.max_to_keep = None  # never delete files from non-main ranks
 
     def before_train(self):
         self.max_iter = self.trainer.max_iter
+        if self.all_ranks:
+            self.trainer.gather_rng_states = True
 
     def after_step(self):
         self.step(self.trainer.iter)

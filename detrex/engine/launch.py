@@ -5,7 +5,9 @@
 * Under ``torchrun`` (``LOCAL_RANK``/``WORLD_SIZE``/``MASTER_ADDR`` in the environment) no
   process is spawned: the process group is initialized with ``env://`` and ``main_func`` runs.
 * Backend: NCCL for CUDA training, gloo otherwise (CPU). Each worker gets a process-group
-  timeout (30 minutes by default), so a dead peer makes the others exit instead of hanging.
+  timeout (30 minutes by default; ``$DETREX_DIST_TIMEOUT`` seconds overrides it), so a dead peer
+  makes the others exit with an error instead of hanging; with spawned workers the launcher
+  also terminates the remaining workers as soon as one fails.
 """
 import logging
 import os
@@ -18,9 +20,26 @@ import torch.multiprocessing as mp
 
 from detrex.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "find_free_port", "is_torchrun"]
+__all__ = ["DEFAULT_TIMEOUT", "launch", "find_free_port", "is_torchrun", "get_timeout"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+TIMEOUT_ENV_VAR = "DETREX_DIST_TIMEOUT"
+
+
+def get_timeout(default: timedelta = DEFAULT_TIMEOUT) -> timedelta:
+    """``$DETREX_DIST_TIMEOUT`` (seconds) if set, else ``default``."""
+    value = os.environ.get(TIMEOUT_ENV_VAR)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+        if seconds <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"${TIMEOUT_ENV_VAR}={value!r} is not a positive number of seconds."
+        ) from None
+    return timedelta(seconds=seconds)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +63,7 @@ def _default_backend() -> str:
 
 
 def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str = "auto", args=(), timeout: timedelta = DEFAULT_TIMEOUT,
+           dist_url: str = "auto", args=(), timeout: timedelta = None,
            backend: str = None):
     """Run ``main_func(*args)`` in ``num_gpus_per_machine * num_machines`` processes.
 
@@ -55,8 +74,10 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
         dist_url: ``tcp://host:port`` or ``"auto"`` (single machine only: a free local port).
         backend: ``"nccl"`` or ``"gloo"``; default NCCL if CUDA is available, else gloo. Pass
             ``"gloo"`` for CPU training on a CUDA machine.
+        timeout: collective timeout; default :func:`get_timeout` (30 min or the env var).
     """
     backend = backend or _default_backend()
+    timeout = timeout or get_timeout()
     if is_torchrun():
         _run_under_torchrun(main_func, args, timeout, backend, num_gpus_per_machine)
         return

@@ -82,14 +82,19 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
+            if getattr(self, "_pending_storage_state", None):
+                # histories restored on resume: windowed medians continue as if uninterrupted
+                self.storage.load_state_dict(self._pending_storage_state)
+                self._pending_storage_state = None
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                # self.iter == max_iter tells after_train that training finished
-                self.iter += 1
+                # self.iter == max_iter tells after_train that training finished (also when
+                # resumed from the final checkpoint, where the loop is empty)
+                self.iter = max(max_iter, start_iter)
             except Exception:
                 logger.exception("Exception during training:")
                 raise
@@ -123,6 +128,9 @@ class TrainerBase:
 
     def state_dict(self) -> Dict[str, Any]:
         ret = {"iteration": self.iter}
+        storage = getattr(self, "storage", None)
+        if storage is not None and comm.is_main_process():
+            ret["storage"] = storage.state_dict()
         hooks_state = {}
         for h in self._hooks:
             sd = h.state_dict()
@@ -137,6 +145,7 @@ class TrainerBase:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.iter = state_dict["iteration"]
+        self._pending_storage_state = state_dict.get("storage")
         for key, value in state_dict.get("hooks", {}).items():
             for h in self._hooks:
                 try:
@@ -180,11 +189,23 @@ class SimpleTrainer(TrainerBase):
     ``state_dict``/``load_state_dict`` (e.g. the in-memory loader in ``detrex.utils.testing``),
     its position is checkpointed too, so a resumed run sees the same batches as an
     uninterrupted one.
+
+    Non-finite losses are detected right after the forward pass, before any backward or
+    optimizer step (so no bad weights exist and no checkpoint is written for that iteration):
+    by default :class:`FloatingPointError` names the loss keys, the iteration and the batch's
+    ``image_id``/``file_name``. With ``skip_nonfinite_loss=True`` the batch is skipped instead
+    (no backward, no optimizer step; all ranks agree) and counted: ``num_nonfinite_skipped``
+    (checkpointed) and the ``nonfinite_skipped`` scalar in the event storage / ``metrics.json``.
     """
 
     def __init__(self, model, data_loader, optimizer, gather_metric_period: int = 1,
-                 zero_grad_before_forward: bool = False):
+                 zero_grad_before_forward: bool = False, skip_nonfinite_loss: bool = False):
         super().__init__()
+        self.skip_nonfinite_loss = bool(skip_nonfinite_loss)
+        self.num_nonfinite_skipped = 0
+        # set by hooks.PeriodicCheckpointer(all_ranks=True): state_dict() then runs on every rank
+        # at the same iterations and gathers each rank's RNG state
+        self.gather_rng_states = False
         model.train()
         self.model = model
         self.data_loader = data_loader
@@ -211,17 +232,64 @@ class SimpleTrainer(TrainerBase):
             )
         return loss_dict
 
-    def _check_finite(self, losses: torch.Tensor, loss_dict: Mapping[str, torch.Tensor]) -> None:
-        if torch.isfinite(losses).all():
-            return
-        bad = {k: float(v.detach().float().item()) for k, v in loss_dict.items()
-               if not torch.isfinite(v).all()}
-        raise FloatingPointError(
-            f"Loss became infinite or NaN at iteration={self.iter} (rank {comm.get_rank()})! "
-            f"Non-finite losses: {bad}; all losses: "
-            f"{ {k: float(v.detach().float().item()) for k, v in loss_dict.items()} }. "
-            "No optimizer step was taken and no checkpoint was written for this iteration."
+    @staticmethod
+    def _batch_ids(data, limit: int = 16) -> List[Any]:
+        """``image_id`` (else ``file_name``) of each dict of a ``list[dict]`` batch."""
+        ids = []
+        if isinstance(data, (list, tuple)):
+            for d in data:
+                if isinstance(d, Mapping):
+                    v = d.get("image_id", d.get("file_name"))
+                    if isinstance(v, torch.Tensor) and v.numel() == 1:
+                        v = v.item()
+                    ids.append(v)
+        if len(ids) > limit:
+            ids = ids[:limit] + [f"... ({len(ids) - limit} more)"]
+        return ids
+
+    def _nonfinite_message(self, loss_dict: Mapping[str, torch.Tensor], data) -> str:
+        values = {k: float(v.detach().float().sum().item()) for k, v in loss_dict.items()}
+        bad = sorted(k for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all())
+        ids = self._batch_ids(data)
+        where = f"iteration={self.iter} (rank {comm.get_rank()})"
+        if not bad:
+            return f"another rank had a non-finite loss at iteration={self.iter}"
+        return (f"Non-finite loss {', '.join(bad)} at {where}; batch image ids: "
+                f"{ids if ids else 'unknown'}; losses: {values}")
+
+    def _check_finite(self, losses: torch.Tensor, loss_dict: Mapping[str, torch.Tensor],
+                      data=None) -> bool:
+        """True if the losses are finite (on every rank when skipping). Otherwise raise
+        :class:`FloatingPointError`, or, with ``skip_nonfinite_loss``, log, count and return
+        False (the caller then skips the step)."""
+        finite = bool(torch.isfinite(losses.detach()).all())
+        if self.skip_nonfinite_loss and comm.get_world_size() > 1:
+            # every rank must skip the same step, or DDP's gradient all-reduce would hang
+            flag = torch.tensor([0.0 if finite else 1.0], device=losses.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            any_bad = bool(flag.item() > 0)
+        else:
+            any_bad = not finite
+        if not any_bad:
+            return True
+        msg = self._nonfinite_message(loss_dict, data)
+        if not self.skip_nonfinite_loss:
+            raise FloatingPointError(
+                msg + ". No optimizer step was taken and no checkpoint was written for this "
+                "iteration (the last checkpoint is intact). Set train.skip_nonfinite_loss=True "
+                "to skip such batches, or lower the learning rate / enable gradient clipping."
+            )
+        self.num_nonfinite_skipped += 1
+        logger.warning(
+            f"{msg}. Skipping this batch (no optimizer step); {self.num_nonfinite_skipped} "
+            "batch(es) skipped so far (train.skip_nonfinite_loss=True)."
         )
+        return False
+
+    def _record_skip(self) -> None:
+        if comm.is_main_process():
+            self.storage.put_scalar("nonfinite_skipped", self.num_nonfinite_skipped,
+                                    smoothing_hint=False)
 
     def run_step(self):
         assert self.model.training, "[SimpleTrainer] model was changed to eval mode!"
@@ -232,7 +300,10 @@ class SimpleTrainer(TrainerBase):
             self.optimizer.zero_grad()
         loss_dict = self._forward(data)
         losses = sum(loss_dict.values())
-        self._check_finite(losses, loss_dict)
+        if not self._check_finite(losses, loss_dict, data):
+            self.optimizer.zero_grad()
+            self._record_skip()
+            return
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         losses.backward()
@@ -275,8 +346,11 @@ class SimpleTrainer(TrainerBase):
     def state_dict(self):
         ret = super().state_dict()
         ret["optimizer"] = _plain(self.optimizer.state_dict())
+        ret["num_nonfinite_skipped"] = self.num_nonfinite_skipped
         # this process's RNG states (rank 0's when saved by the rank-0 checkpointer)
         ret["rng"] = get_rng_state()
+        if self.gather_rng_states and comm.get_world_size() > 1:
+            ret["rng_per_rank"] = comm.all_gather(ret["rng"])
         if hasattr(self.data_loader, "state_dict") and callable(self.data_loader.state_dict):
             ret["data_loader"] = self.data_loader.state_dict()
         return ret
@@ -284,7 +358,11 @@ class SimpleTrainer(TrainerBase):
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        if "rng" in state_dict:
+        self.num_nonfinite_skipped = int(state_dict.get("num_nonfinite_skipped", 0))
+        per_rank = state_dict.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == comm.get_world_size():
+            set_rng_state(per_rank[comm.get_rank()])
+        elif "rng" in state_dict:
             if comm.get_rank() == 0:
                 set_rng_state(state_dict["rng"])
             else:
@@ -317,6 +395,7 @@ class Trainer(SimpleTrainer):
             (no scaler). On CPU, bfloat16 is the supported choice.
         clip_grad_params: kwargs of ``torch.nn.utils.clip_grad_norm_`` (``max_norm``,
             ``norm_type``), or None for no clipping.
+        skip_nonfinite_loss: skip (and count) batches whose loss is NaN/inf instead of raising.
         grad_scaler: a custom ``GradScaler`` (fp16 on CUDA only).
         device: ``"cpu"``/``"cuda"``/``torch.device``; default: the device of the model's
             first parameter. Decides the autocast device type.
@@ -325,13 +404,13 @@ class Trainer(SimpleTrainer):
     def __init__(self, model, data_loader, optimizer, amp: bool = False,
                  amp_dtype: str = "float16", clip_grad_params: Optional[dict] = None,
                  grad_scaler=None, device=None, gather_metric_period: int = 1,
-                 zero_grad_before_forward: bool = False):
+                 zero_grad_before_forward: bool = False, skip_nonfinite_loss: bool = False):
         unsupported = "Trainer does not support single-process multi-device training!"
         if isinstance(model, DistributedDataParallel):
             assert not (model.device_ids and len(model.device_ids) > 1), unsupported
         assert not isinstance(model, DataParallel), unsupported
         super().__init__(model, data_loader, optimizer, gather_metric_period,
-                         zero_grad_before_forward)
+                         zero_grad_before_forward, skip_nonfinite_loss)
         if device is None:
             try:
                 device = next(_unwrap_model(model).parameters()).device
@@ -367,7 +446,10 @@ class Trainer(SimpleTrainer):
                             enabled=self.amp):
             loss_dict = self._forward(data)
             losses = sum(loss_dict.values())
-        self._check_finite(losses, loss_dict)
+        if not self._check_finite(losses, loss_dict, data):
+            self.optimizer.zero_grad()
+            self._record_skip()
+            return
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         if self.grad_scaler is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "JSONWriter",
     "CommonMetricPrinter",
     "TensorboardXWriter",
+    "truncate_metrics_json",
 ]
 
 _CURRENT_STORAGE_STACK = []
@@ -156,6 +157,35 @@ class EventStorage:
         assert _CURRENT_STORAGE_STACK[-1] == self
         _CURRENT_STORAGE_STACK.pop()
 
+    def state_dict(self, max_entries: int = 100) -> Dict[str, dict]:
+        """The last ``max_entries`` values of every scalar history (for exact resume).
+
+        Restoring them makes windowed medians after a resume equal those of an uninterrupted
+        run (writers use windows of 20). Only plain floats/ints: ``weights_only``-loadable.
+        """
+        out = {}
+        for name, buf in self._history.items():
+            data = buf.values()[-max_entries:]
+            out[name] = {
+                "values": [float(v) for v, _ in data],
+                "iters": [int(i) for _, i in data],
+                "count": int(buf._count),
+                "global_avg": float(buf._global_avg),
+                "smoothing_hint": bool(self._smoothing_hints.get(name, True)),
+            }
+        return out
+
+    def load_state_dict(self, state: Dict[str, dict]) -> None:
+        """Restore histories saved by :meth:`state_dict` (not the "latest" values, so writers
+        do not write the restored iterations again)."""
+        for name, s in state.items():
+            buf = HistoryBuffer()
+            buf._data = [(float(v), int(i)) for v, i in zip(s["values"], s["iters"])]
+            buf._count = int(s["count"])
+            buf._global_avg = float(s["global_avg"])
+            self._history[name] = buf
+            self._smoothing_hints[name] = bool(s["smoothing_hint"])
+
     @contextmanager
     def name_scope(self, name: str):
         """Prefix every scalar put inside the block with ``name + "/"``."""
@@ -215,6 +245,34 @@ class JSONWriter(EventWriter):
 
     def close(self):
         self._file_handle.close()
+
+
+def truncate_metrics_json(json_file: str, last_iter: int) -> int:
+    """Drop the lines of ``metrics.json`` whose ``iteration`` is > ``last_iter`` (and any line
+    that is not valid JSON, e.g. cut off by a crash), so that a run resumed after ``last_iter``
+    continues the file exactly as an uninterrupted run would have written it.
+
+    The file is rewritten atomically. Returns the number of lines dropped (0 if no file).
+    """
+    from .file_io import atomic_write, is_local_path
+
+    if not is_local_path(json_file) or not os.path.isfile(json_file):
+        return 0
+    with open(json_file) as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+            it = int(item["iteration"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if it <= last_iter:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        atomic_write(json_file, lambda f: f.write("".join(x + "\n" for x in kept)), binary=False)
+    return dropped
 
 
 class TensorboardXWriter(EventWriter):

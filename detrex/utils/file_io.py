@@ -15,7 +15,8 @@ from typing import List
 
 from iopath.common.file_io import HTTPURLHandler, PathHandler, PathManager as _PathManagerBase
 
-__all__ = ["PathManager", "Detectron2Handler", "get_weights_dir", "WEIGHTS_ENV_VAR"]
+__all__ = ["PathManager", "Detectron2Handler", "get_weights_dir", "WEIGHTS_ENV_VAR", "atomic_write",
+           "is_local_path"]
 
 WEIGHTS_ENV_VAR = "DETREX_WEIGHTS"
 _DEFAULT_WEIGHTS_DIR = os.path.join("~", ".cache", "detrex", "weights")
@@ -78,3 +79,48 @@ class Detectron2Handler(PathHandler):
 PathManager = _PathManagerBase()
 PathManager.register_handler(HTTPURLHandler())
 PathManager.register_handler(Detectron2Handler())
+
+
+def _fsync_dir(dirname: str) -> None:
+    """Persist a rename in ``dirname`` (best effort; not supported on every OS/filesystem)."""
+    try:
+        fd = os.open(dirname or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn, binary: bool = True) -> None:
+    """Write ``path`` so that readers (and a crash at any moment) see the old or the new file,
+    never a partial one.
+
+    ``write_fn(f)`` writes into a temporary file ``.<name>.tmp.<pid>`` in the same directory,
+    which is flushed, fsync'ed and then renamed over ``path`` with ``os.replace`` (atomic on
+    POSIX and Windows); the directory is fsync'ed so the rename survives a power loss.
+    Only for local paths.
+    """
+    dirname, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(dirname, f".{base}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(dirname)
+
+
+def is_local_path(path: str) -> bool:
+    """True for plain filesystem paths (not ``scheme://`` URLs)."""
+    return "://" not in str(path)

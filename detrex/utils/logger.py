@@ -42,6 +42,21 @@ class _ColorfulFormatter(logging.Formatter):
         return prefix + " " + log
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to the CURRENT ``sys.stdout`` (so redirection after setup, e.g. by pytest, works)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 @functools.lru_cache()  # so that calling setup_logger multiple times won't add many handlers
 def _setup_one(output, distributed_rank, color, name, abbrev_name, enable_propagation,
                configure_stdout):
@@ -54,7 +69,7 @@ def _setup_one(output, distributed_rank, color, name, abbrev_name, enable_propag
         "[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S"
     )
     if configure_stdout and distributed_rank == 0:
-        ch = logging.StreamHandler(stream=sys.stdout)
+        ch = _StdoutHandler()
         ch.setLevel(logging.DEBUG)
         if color:
             formatter = _ColorfulFormatter(

@@ -13,9 +13,20 @@ Everything here is deterministic and small enough to train in a second on one CP
   batch as one process.
 * :class:`InMemoryTestLoader` - finite batches, each rank taking a contiguous shard.
 * :class:`TinyRegressionEvaluator` - mean squared error over the test set (gathered to rank 0).
+* :func:`tiny_regression_dicts` + :class:`TinyRegressionMapper` - the same data as detectron2-style
+  dataset dicts (``image_id``, ``width``/``height`` of both orientations, optional ``file_name``) and a
+  mapper with random "augmentation" (numpy noise), for :func:`detrex.data.build_detection_train_loader`
+  (real sampler, aspect-ratio grouping, workers, resumable position).
+
+Fault injection for reliability tests: ``nan_ids`` (NaN targets -> non-finite loss for those
+samples) and ``TinyRegressor(exit_at_iter=, exit_rank=)`` (the process vanishes mid-training).
 """
+import logging
+import os
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -28,23 +39,28 @@ __all__ = [
     "InMemoryTrainLoader",
     "InMemoryTestLoader",
     "TinyRegressionEvaluator",
+    "tiny_regression_dicts",
+    "TinyRegressionMapper",
 ]
 
 
 class TinyRegressionDataset:
     """``num_samples`` dicts ``{"x": float32 (in_dim,), "y": float32 (out_dim,)}``; ``y = tanh(x W)``."""
 
-    def __init__(self, num_samples: int = 64, in_dim: int = 4, out_dim: int = 2, seed: int = 0):
+    def __init__(self, num_samples: int = 64, in_dim: int = 4, out_dim: int = 2, seed: int = 0,
+                 nan_ids: Sequence[int] = ()):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(num_samples, in_dim, generator=g)
         w = torch.randn(in_dim, out_dim, generator=g)
         self.y = torch.tanh(self.x @ w)
+        for i in nan_ids:
+            self.y[int(i)] = float("nan")
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
-        return {"x": self.x[i], "y": self.y[i]}
+        return {"x": self.x[i], "y": self.y[i], "image_id": int(i)}
 
 
 class InMemoryTrainLoader:
@@ -108,8 +124,19 @@ class TinyRegressor(nn.Module):
     ``[{"pred": (out_dim,)}]``.
     """
 
-    def __init__(self, in_dim: int = 4, hidden_dim: int = 16, out_dim: int = 2):
+    def __init__(self, in_dim: int = 4, hidden_dim: int = 16, out_dim: int = 2,
+                 exit_at_iter: int = -1, exit_rank: int = 1, step_sleep: float = 0.0,
+                 fault: str = "exit"):
         super().__init__()
+        # seconds slept per training forward (lets tests interrupt a run at a chosen moment)
+        self.step_sleep = step_sleep
+        # fault injection at the start of iteration `exit_at_iter` on process `exit_rank`:
+        # fault="exit": os._exit(0) (vanishes, like a lost node); "hang": sleeps for an hour
+        if fault not in ("exit", "hang"):
+            raise ValueError(f"fault must be 'exit' or 'hang', got {fault!r}")
+        self.exit_at_iter = exit_at_iter
+        self.exit_rank = exit_rank
+        self.fault = fault
         self.backbone = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU())
         self.norm = nn.LayerNorm(hidden_dim)
         self.head = nn.Linear(hidden_dim, out_dim)
@@ -119,6 +146,20 @@ class TinyRegressor(nn.Module):
         return self.head.weight.device
 
     def forward(self, batched_inputs):
+        if self.training and self.exit_at_iter >= 0:
+            from .events import get_event_storage, has_event_storage
+
+            if (has_event_storage() and get_event_storage().iter == self.exit_at_iter
+                    and comm.get_rank() == self.exit_rank):
+                if self.fault == "hang":
+                    import time
+
+                    time.sleep(3600)
+                os._exit(0)  # vanish without an error, like a lost node
+        if self.training and self.step_sleep > 0:
+            import time
+
+            time.sleep(self.step_sleep)
         x = torch.stack([d["x"] for d in batched_inputs]).to(self.device)
         pred = self.head(self.norm(self.backbone(x)))
         if not self.training:
@@ -162,3 +203,58 @@ class TinyRegressionEvaluator:
                 return {}
         sq, cnt = sum(p[0] for p in parts), sum(p[1] for p in parts)
         return OrderedDict(regression={"MSE": sq / max(cnt, 1), "num": float(cnt)})
+
+
+def tiny_regression_dicts(num_samples: int = 32, in_dim: int = 4, out_dim: int = 2, seed: int = 0,
+                          nan_ids: Sequence[int] = (), image_root: Optional[str] = None) -> List[dict]:
+    """:class:`TinyRegressionDataset` as dataset dicts ``{"image_id", "width", "height", "x", "y"}``.
+
+    Every third sample is "portrait" (20x30), the others "landscape" (30x20), so aspect-ratio
+    grouping has two buckets. With ``image_root``, ``file_name`` = ``<image_root>/<id>.png``.
+    """
+    ds = TinyRegressionDataset(num_samples, in_dim, out_dim, seed, nan_ids)
+    out = []
+    for i in range(num_samples):
+        w, h = (20, 30) if i % 3 == 0 else (30, 20)
+        d = {"image_id": i, "width": w, "height": h, "x": ds.x[i].tolist(), "y": ds.y[i].tolist()}
+        if image_root:
+            d["file_name"] = os.path.join(image_root, f"{i}.png")
+        out.append(d)
+    return out
+
+
+class TinyRegressionMapper:
+    """Dataset dict -> ``{"image_id", "x" (+ numpy noise), "y", "width", "height"}``.
+
+    ``noise`` draws from ``np.random`` like DETR augmentations do. Dicts with ``file_name`` have
+    their image decoded (:func:`detrex.data.detection_utils.read_image`); an undecodable image
+    raises :class:`~detrex.data.detection_utils.BadImageError` or, with ``on_bad_image="skip"``,
+    is counted (``num_skipped``) and None is returned (the loader then draws another sample), as
+    :class:`~detrex.data.DetrDatasetMapper` does.
+    """
+
+    def __init__(self, noise: float = 0.05, on_bad_image: str = "raise"):
+        if on_bad_image not in ("raise", "skip"):
+            raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        self.noise = noise
+        self.on_bad_image = on_bad_image
+        self.num_skipped = 0
+
+    def __call__(self, d: dict) -> Optional[dict]:
+        if "file_name" in d:
+            from detrex.data.detection_utils import BadImageError, read_image
+
+            try:
+                read_image(d["file_name"], format="RGB")
+            except BadImageError as e:
+                if self.on_bad_image == "raise":
+                    raise
+                self.num_skipped += 1
+                logging.getLogger(__name__).warning(
+                    f"skipping a bad image ({self.num_skipped} skipped so far): {e}")
+                return None
+        x = torch.tensor(d["x"], dtype=torch.float32)
+        if self.noise:
+            x = x + self.noise * torch.from_numpy(np.random.randn(x.numel()).astype(np.float32))
+        return {"image_id": d["image_id"], "x": x, "y": torch.tensor(d["y"], dtype=torch.float32),
+                "width": d["width"], "height": d["height"]}

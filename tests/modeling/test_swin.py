@@ -265,3 +265,35 @@ def test_matches_timm_swin_on_official_weights():
         theirs = ref.forward_features(x).permute(0, 3, 1, 2)
     assert ours.shape == (2, 192, 7, 7)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_official_swin_imagenet_file_loads_through_detection_checkpointer(tmp_path):
+    """An official-format Swin ImageNet `.pth` ({"model": {patch_embed..., norm.*, head.*}}) fills the detector's
+    `backbone.*` weights through DetectionCheckpointer (renamed + suffix-matched), leaving nothing at init."""
+    import torch.nn as nn
+
+    from detrex.checkpoint import DetectionCheckpointer
+    from detrex.modeling.backbone.swin import SwinTransformer
+
+    def tiny():
+        return SwinTransformer(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 6), out_indices=(3,))
+
+    donor = tiny()
+    official = {}
+    for k, v in donor.state_dict().items():
+        if k.startswith("norm3."):
+            k = "norm." + k[len("norm3."):]  # the official checkpoints name the last stage's norm `norm`
+        official[k] = torch.randn_like(v) if v.is_floating_point() else v
+    official["head.weight"] = torch.randn(10, 192)
+    official["head.bias"] = torch.randn(10)
+    torch.save({"model": official}, tmp_path / "swin_official.pth")
+
+    detector = nn.Module()
+    detector.backbone = tiny()
+    DetectionCheckpointer(detector).load(str(tmp_path / "swin_official.pth"))
+    got = detector.backbone.state_dict()
+    for k, v in official.items():
+        if k.startswith("head."):
+            continue
+        target = "norm3." + k[len("norm."):] if k.startswith("norm.") else k
+        assert torch.equal(got[target], v), k
