@@ -397,7 +397,8 @@ class SwinTransformer(Backbone):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth per block
+        n_blocks = sum(depths)  # stochastic depth per block, rising linearly from 0 to drop_path_rate
+        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             self.layers.append(
