@@ -8,6 +8,10 @@ from .ks_dab_detr import KSDABDETR
 from .ks_dab_transformer import KSDabDetrTransformer, KSDabDetrTransformerEncoder
 from .ks_dn_detr import KSDNDETR
 from .ks_dn_transformer import KSDNDetrTransformer, KSDNDetrTransformerEncoder
+from .deformable_triple_attention import KSDeformableTripleAttnEncoderLayer, KSMultiScaleTripleAttention
+from .ks_deformable_detr import KSDeformableDETR
+from .ks_deformable_transformer import KSDeformableDetrTransformer, KSDNDeformableDetrTransformer
+from .ks_dn_deformable_detr import KSDNDeformableDETR
 from .smlp import KSGT, TokenSplit, sMLP
 from .triple_attention import (
     KSEncoderMixin,
@@ -27,6 +31,12 @@ __all__ = [
     "KSDNDetrTransformer",
     "KSDNDetrTransformerEncoder",
     "KSEncoderMixin",
+    "KSDeformableDETR",
+    "KSDeformableDetrTransformer",
+    "KSDNDeformableDETR",
+    "KSDNDeformableDetrTransformer",
+    "KSMultiScaleTripleAttention",
+    "KSDeformableTripleAttnEncoderLayer",
     "KSGT",
     "sMLP",
     "TokenSplit",

@@ -1,0 +1,3 @@
+# Name linked in the KS-DETR README (the file does not exist in the authors' repository): same as
+# ks_deformable_detr_r101_50ep_smlp_qkv_triple_attn.py.
+from .ks_deformable_detr_r101_50ep_smlp_qkv_triple_attn import dataloader, lr_multiplier, model, optimizer, train
