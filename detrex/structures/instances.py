@@ -33,9 +33,12 @@ class Instances:
             self.set(name, val)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_fields" or name not in self._fields:
-            raise AttributeError(f"Cannot find field '{name}' in the given Instances (fields: {list(self._fields)})")
-        return self._fields[name]
+        # read _fields through __dict__: during unpickling it does not exist yet, and `self._fields` would
+        # re-enter __getattr__ forever
+        fields = self.__dict__.get("_fields")
+        if fields is None or name not in fields:
+            raise AttributeError(f"Cannot find field '{name}' in the given Instances (fields: {list(fields or [])})")
+        return fields[name]
 
     def set(self, name: str, value: Any) -> None:
         n = len(value)
