@@ -1,4 +1,4 @@
-# DAB-DETR on the built-in shapes dataset, from random init, on a 2-core CPU in about 10 minutes.
+# DAB-DETR on the built-in shapes dataset, from random init, on a 2-core CPU in 10-20 minutes (by load).
 #
 # The baseline twin of the README's main job, projects/ks_detr/configs/ks_dab_detr/ks_dab_detr_shapes_demo.py:
 # that config takes everything below and adds the KS parts, so the two differ only in knowledge sharing

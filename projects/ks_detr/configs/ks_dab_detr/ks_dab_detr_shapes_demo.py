@@ -10,7 +10,7 @@
 # settings of its baseline twin projects/dab_detr/configs/dab_detr_shapes_demo.py (narrow ResNet-18 with
 # trainable BN, stride-16 features, 128-wide transformer with 2 encoder + 3 decoder layers, 10 queries); data,
 # optimizer, schedule and training settings are the twin's too (see that file for the reasons), so the two
-# configs differ only in knowledge sharing.
+# configs differ only in knowledge sharing (the twin, same conditions: AP 67.3 / AP50 99.2 / AP75 88.3).
 #
 # Measured (2-core Xeon shared with other jobs, OMP_NUM_THREADS=1, fresh $DETREX_CACHE): 14 min 42 s in all
 # (dataset generation 11 s, 2000 iterations at 0.43 s, two evaluations of 4 s), total loss 26.0 -> 2.2,
