@@ -488,7 +488,7 @@ def write_report(records: Sequence[Dict], settings: Dict, names: Dict[str, str],
             for it in sorted(r["curves"].get("AP", {})):
                 w.writerow([label[r["arm"]], r["seed"], it,
                             *[f"{r['curves'].get(m, {}).get(it, float('nan')):.4f}" for m in METRICS]])
-    plot_curves(records, label, os.path.join(report_dir, "curves.png"))
+    plot_curves(done, label, os.path.join(report_dir, "curves.png"))  # finished runs only: comparable means
 
     teacher_runs = [r for r in done if r["arm"] == "ks" and r["teachers"]]
     branch_names = list(teacher_runs[0]["teachers"]) if teacher_runs else []
