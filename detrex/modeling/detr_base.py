@@ -143,6 +143,16 @@ class DETRBase(nn.Module):
         main output)."""
         return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
 
+    def pack_outputs(
+        self, outputs_class: torch.Tensor, outputs_coord: torch.Tensor, aux: Optional[bool] = None
+    ) -> Dict:
+        """[L, B, Q, K] logits and [L, B, Q, 4] boxes -> ``{"pred_logits", "pred_boxes"}`` of the last entry, plus
+        ``aux_outputs`` for the earlier ones when ``aux`` (default: ``self.aux_loss``)."""
+        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
+        if self.aux_loss if aux is None else aux:
+            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        return output
+
     def inference(
         self, box_cls: torch.Tensor, box_pred: torch.Tensor, image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:

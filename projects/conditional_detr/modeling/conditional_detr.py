@@ -131,7 +131,5 @@ class ConditionalDETR(DETRBase):
             features, img_masks, self.query_embed.weight, pos_embed, **extra
         )
         outputs_class, outputs_coord = self.predict(hidden_states, reference_points)
-        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss:
-            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        output = self.pack_outputs(outputs_class, outputs_coord)
         return output

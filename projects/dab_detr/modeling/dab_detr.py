@@ -131,7 +131,5 @@ class DABDETR(DETRBase):
             features, img_masks, self.anchor_box_embed.weight, pos_embed, **extra
         )
         outputs_class, outputs_coord = self.predict(hidden_states, reference_boxes)
-        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss:
-            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        output = self.pack_outputs(outputs_class, outputs_coord)
         return output

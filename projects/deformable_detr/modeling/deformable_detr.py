@@ -184,9 +184,7 @@ class DeformableDETR(DETRBase):
             feats, masks, poses, query_embeds, levels=levels, **extra
         )
         outputs_class, outputs_coord = self.predict(inter_states, init_reference, inter_references)
-        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss:
-            output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        output = self.pack_outputs(outputs_class, outputs_coord)
         if self.as_two_stage:
             output["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord_unact.sigmoid()}
         return output

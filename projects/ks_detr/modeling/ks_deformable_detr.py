@@ -118,8 +118,7 @@ class KSDeformableDETR(KSMultiScaleMixin, DeformableDETR):
         decode_inputs = {"query": q["query"], "query_pos": q["query_pos"], "reference_points": q["reference_points"]}
         outputs_class, outputs_coord = self.decode_all([memory] + teacher_memories, levels, decode_inputs,
                                                        q["reference_points"])
-        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1],
-                  "aux_outputs": self._set_aux_loss(outputs_class, outputs_coord)}
+        output = self.pack_outputs(outputs_class, outputs_coord, aux=True)  # teacher sets live in aux
         if self.as_two_stage:
             output["enc_outputs"] = {"pred_logits": q["enc_outputs_class"],
                                      "pred_boxes": q["enc_outputs_coord_unact"].sigmoid()}

@@ -59,7 +59,6 @@ class KSDNDeformableDETR(KSMultiScaleMixin, DNDeformableDETR):
         groups, max_gt = queries["denoising_groups"], queries["max_gt_num_per_image"]
         outputs_class, outputs_coord, dn_output = dn_post_process(
             outputs_class, outputs_coord, groups, max_gt, aux_loss=self.aux_loss)
-        output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1],
-                  "aux_outputs": self._set_aux_loss(outputs_class, outputs_coord)}
+        output = self.pack_outputs(outputs_class, outputs_coord, aux=True)  # teacher sets live in aux
         output.update(denoising_output=dn_output, denoising_groups=groups, max_gt_num_per_image=max_gt)
         return output
