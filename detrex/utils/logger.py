@@ -57,10 +57,17 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-@functools.lru_cache()  # so that calling setup_logger multiple times won't add many handlers
+_HANDLER_TAG = "_detrex_setup_logger"
+
+
 def _setup_one(output, distributed_rank, color, name, abbrev_name, enable_propagation,
                configure_stdout):
     logger = logging.getLogger(name)
+    # Reconfigure rather than pile up: handlers installed by an earlier call (e.g. a previous
+    # in-process run with another output dir) are replaced, so each line is printed once and
+    # lands only in the current run's log file.
+    for h in [h for h in logger.handlers if getattr(h, _HANDLER_TAG, False)]:
+        logger.removeHandler(h)
     logger.setLevel(logging.DEBUG)
     logger.propagate = enable_propagation
     if abbrev_name is None:
@@ -68,20 +75,19 @@ def _setup_one(output, distributed_rank, color, name, abbrev_name, enable_propag
     plain_formatter = logging.Formatter(
         "[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S"
     )
+    handlers = []
     if configure_stdout and distributed_rank == 0:
         ch = _StdoutHandler()
-        ch.setLevel(logging.DEBUG)
         if color:
-            formatter = _ColorfulFormatter(
+            ch.setFormatter(_ColorfulFormatter(
                 "[%(asctime)s %(name)s]: %(message)s",
                 datefmt="%m/%d %H:%M:%S",
                 root_name=name,
                 abbrev_name=str(abbrev_name),
-            )
+            ))
         else:
-            formatter = plain_formatter
-        ch.setFormatter(formatter)
-        logger.addHandler(ch)
+            ch.setFormatter(plain_formatter)
+        handlers.append(ch)
     if output is not None:
         if output.endswith(".txt") or output.endswith(".log"):
             filename = output
@@ -91,9 +97,12 @@ def _setup_one(output, distributed_rank, color, name, abbrev_name, enable_propag
             filename = filename + ".rank{}".format(distributed_rank)
         PathManager.mkdirs(os.path.dirname(filename) or ".")
         fh = logging.StreamHandler(_cached_log_stream(filename))
-        fh.setLevel(logging.DEBUG)
         fh.setFormatter(plain_formatter)
-        logger.addHandler(fh)
+        handlers.append(fh)
+    for h in handlers:
+        h.setLevel(logging.DEBUG)
+        setattr(h, _HANDLER_TAG, True)
+        logger.addHandler(h)
     return logger
 
 
@@ -118,7 +127,8 @@ def setup_logger(
         extra_names: further logger names given the same handlers; defaults to
             ``("projects", "fvcore", "__main__")`` when ``name == "detrex"``, else none.
     Returns:
-        the ``name`` logger. Calling again with the same arguments adds no handlers.
+        the ``name`` logger. Calling again reconfigures: the handlers of the earlier call are
+        replaced (never duplicated), so in-process runs each log to their own output.
     """
     if extra_names is None:
         extra_names = DEFAULT_EXTRA_NAMES if name == "detrex" else ()

@@ -28,6 +28,18 @@ def test_setup_logger_configures_detrex_projects_fvcore(tmp_path):
     assert len(logging.getLogger("detrex").handlers) == n
 
 
+def test_setup_logger_second_run_replaces_handlers(tmp_path, capsys):
+    # two in-process runs (ks_study, tests): lines print once and go to the current run's file only
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    setup_logger(str(run1), name="detrex_test_rerun", color=False, extra_names=())
+    setup_logger(str(run2), name="detrex_test_rerun", color=False, extra_names=())
+    logging.getLogger("detrex_test_rerun").info("second run line")
+    _flush("detrex_test_rerun")
+    assert capsys.readouterr().out.count("second run line") == 1
+    assert "second run line" in (run2 / "log.txt").read_text()
+    assert "second run line" not in (run1 / "log.txt").read_text()
+
+
 def test_setup_logger_rank_file(tmp_path):
     logger = setup_logger(str(tmp_path), distributed_rank=2, name="detrex_test_rank")
     logger.info("rank two")

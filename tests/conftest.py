@@ -1,0 +1,26 @@
+"""Suite-wide fixtures.
+
+``setup_logger`` (called in-process by ``default_setup`` and the tools) turns propagation off on
+the ``detrex``/``projects``/``fvcore`` loggers, as detectron2 does; pytest's ``caplog`` listens on
+the root logger, so a later test would then see no records. Each test starts from, and leaves
+behind, the logging state pytest set up.
+"""
+import logging
+
+import pytest
+
+from detrex.utils.logger import DEFAULT_EXTRA_NAMES
+
+_CONFIGURED = ("detrex", *DEFAULT_EXTRA_NAMES)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_state():
+    saved = {}
+    for name in _CONFIGURED:
+        lg = logging.getLogger(name)
+        saved[name] = (lg.propagate, lg.level, list(lg.handlers))
+    yield
+    for name, (propagate, level, handlers) in saved.items():
+        lg = logging.getLogger(name)
+        lg.propagate, lg.level, lg.handlers = propagate, level, handlers
