@@ -41,3 +41,34 @@ def test_get_norm_and_conv_wrapper():
     conv = Conv2d(3, 8, 3, padding=1, bias=False, norm=get_norm("FrozenBN", 8), activation=torch.relu)
     assert set(conv.state_dict()) == {"weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var"}
     assert (conv(torch.randn(1, 3, 5, 5)) >= 0).all()
+
+
+def _random_frozen_bn(c):
+    bn = FrozenBatchNorm2d(c)
+    g = torch.Generator().manual_seed(0)
+    bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+    bn.bias.copy_(torch.randn(c, generator=g))
+    bn.running_mean.copy_(torch.randn(c, generator=g))
+    bn.running_var.copy_(torch.rand(c, generator=g) + 0.1)
+    return bn
+
+
+def test_conv_folds_frozen_bn_in_eval_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 11)
+    for bias in (False, True):
+        conv = Conv2d(4, 6, 3, stride=2, padding=1, bias=bias, norm=_random_frozen_bn(6), activation=torch.relu)
+        # reference: the two steps written out with plain torch ops (conv, then the BatchNorm formula)
+        y = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1)
+        bn = conv.norm
+        ref = torch.relu((y - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+                         * bn.weight[:, None, None] + bn.bias[:, None, None])
+        conv.eval()
+        with torch.no_grad():
+            folded = conv(x)
+        torch.testing.assert_close(folded, ref, rtol=1e-5, atol=1e-5)
+        conv.train()
+        torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
+        # folding is on the fly: parameters and buffers (the state dict) are untouched
+        assert set(conv.state_dict()) == {"weight", "norm.weight", "norm.bias", "norm.running_mean",
+                                          "norm.running_var"} | ({"bias"} if bias else set())
