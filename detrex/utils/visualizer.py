@@ -200,6 +200,44 @@ class Visualizer:
         d.line([x + s, y, x + 2 * s, y], fill=tuple(color), width=self.line_width)
         return self
 
+    def draw_weighted_points(self, xy, weights, colors, vmax: Optional[float] = None,
+                             max_radius: Optional[float] = None, min_alpha: float = 0.25):
+        """Filled dots whose radius and opacity grow with a weight (e.g. deformable attention sampling points).
+
+        Args:
+            xy: (K, 2) ``(x, y)`` in input-image pixels; points outside the image are clipped by the canvas.
+            weights: (K,) non-negative; radius ``max_radius * sqrt(w / vmax)`` (area proportional to the weight),
+                opacity ``min_alpha + (1 - min_alpha) * w / vmax``; zero weights draw nothing.
+            colors: one RGB colour or (K, 3) colours.
+            vmax: the weight drawn at full size (default: the largest of ``weights``), so several canvases can
+                share one scale.
+            max_radius: output pixels (default ``3 * line_width + 2``).
+        Heavier dots are drawn last (on top).
+        """
+        xy = _to_numpy(xy).reshape(-1, 2).astype(np.float64) * self.scale
+        w = _to_numpy(weights).reshape(-1).astype(np.float64)
+        if len(w) != len(xy):
+            raise ValueError(f"draw_weighted_points: {len(xy)} points but {len(w)} weights")
+        cols = np.asarray(colors, dtype=np.float64)
+        cols = np.broadcast_to(cols.reshape(-1, 3) if cols.ndim > 1 else cols[None], (len(w), 3))
+        top = float(vmax) if vmax is not None else (float(w.max()) if w.size else 0.0)
+        if top <= 0:
+            return self
+        rmax = float(max_radius or 3 * self.line_width + 2)
+        layer = Image.new("RGBA", self.output.pil.size, (0, 0, 0, 0))
+        d = ImageDraw.Draw(layer)
+        for i in np.argsort(w, kind="stable"):
+            frac = min(1.0, max(0.0, w[i] / top))
+            if frac <= 0:
+                continue
+            r = max(1.0, rmax * np.sqrt(frac))
+            a = int(round(255 * (min_alpha + (1 - min_alpha) * frac)))
+            x, y = xy[i]
+            d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in cols[i]) + (a,),
+                      outline=(0, 0, 0, a), width=1)
+        self.output.pil = Image.alpha_composite(self.output.pil.convert("RGBA"), layer).convert("RGB")
+        return self
+
     def overlay_mask(self, mask, color=(255, 64, 64), alpha: float = 0.45, outline: bool = True):
         """Blend ``color`` where ``mask`` (any (h, w) grid covering the image) is true."""
         mask = _to_numpy(mask).astype(bool)
