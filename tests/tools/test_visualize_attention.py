@@ -1,5 +1,5 @@
-"""tools/visualize_attention.py: GT token masks and student/teacher attention of the KS layer (CPU, tiny model)."""
-import importlib.util
+"""tools/visualize_attention.py and projects/ks_detr/visualization: GT token masks and student/teacher attention
+of the KS layer (CPU, tiny model)."""
 import os
 import subprocess
 import sys
@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from projects.ks_detr.visualization import deformable, single_scale
+from projects.ks_detr.visualization.common import choose_queries
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KS_CFG = os.path.join(REPO, "tests", "tools", "configs", "tiny_ks_dab_detr_shapes.py")
@@ -82,18 +85,10 @@ def test_bad_index_is_a_clear_error(cache_root, tmp_path):
     assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_attention", os.path.join(REPO, "tools", "visualize_attention.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_recomputed_weights_match_torch_multihead_attention():
-    """The tool recomputes A from the packed in_proj; on the baseline layer (an nn.MultiheadAttention) it must
-    equal the weights torch itself returns for the same inputs."""
+    """The tool (``single_scale.attention_weights``) recomputes A from the packed in_proj; on the baseline layer
+    (an nn.MultiheadAttention) it must equal the weights torch itself returns for the same inputs."""
     torch.manual_seed(0)
-    tool = _load_tool()
     C, heads, N, B = 16, 4, 6, 1
     mha = torch.nn.MultiheadAttention(C, heads)
     x = torch.randn(N, B, C)
@@ -103,16 +98,15 @@ def test_recomputed_weights_match_torch_multihead_attention():
     W, b = mha.in_proj_weight, mha.in_proj_bias
     q = torch.nn.functional.linear(x, W[:C], b[:C])
     k = torch.nn.functional.linear(x, W[C:2 * C], b[C:2 * C])
-    ours = tool._weights(q, k, heads, kpm)
+    ours = single_scale.attention_weights(q, k, heads, kpm)
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
 def test_choose_queries_prefers_box_centres():
-    tool = _load_tool()
     fg = np.zeros((4, 4), bool)
     fg[1:3, 1:3] = True
     valid = np.ones(16, bool)
-    q = tool.choose_queries(fg, valid, np.array([[32.0, 32.0, 96.0, 96.0]]), (128, 128), k=3)
+    q = choose_queries(fg, valid, np.array([[32.0, 32.0, 96.0, 96.0]]), (128, 128), k=3)
     assert q[0] == 2 * 4 + 2  # the token under the box centre (64, 64)
     assert len(q) == 3 and all(fg.reshape(-1)[i] for i in q) and len(set(q)) == 3
 
@@ -213,7 +207,6 @@ def test_ks_deformable_capture_matches_the_core_calls_of_a_trained_stand_in(monk
     student's weights with its own values.
     """
     torch.set_num_threads(1)
-    tool = _load_tool()
     model = _deformable_model(KS_DEF_CFG)
     attn = model.transformer.encoder.layers[-1].attentions[0]
     g = torch.Generator().manual_seed(1)
@@ -221,7 +214,7 @@ def test_ks_deformable_capture_matches_the_core_calls_of_a_trained_stand_in(monk
         for lin in (attn.sampling_offsets, attn.attention_weights):
             lin.weight.copy_(0.1 * torch.randn(lin.weight.shape, generator=g))
     calls = _record_core_calls(monkeypatch)
-    rec = tool.capture_sampling(model, [_synthetic_input()])
+    rec = deformable.capture_sampling(model, [_synthetic_input()])
 
     sizes = rec["spatial_shapes"]
     N = sum(h * w for h, w in sizes)
@@ -250,9 +243,8 @@ def test_random_init_locations_are_the_polar_grid_around_each_token(monkeypatch)
     its own centre plus (p + 1) pixels of each level along the direction 2*pi*m/M (largest component 1),
     with uniform weights 1/(L*P) (Zhu et al. 2021's init). Expected values computed here from that rule."""
     torch.set_num_threads(1)
-    tool = _load_tool()
     model = _deformable_model(DEF_CFG)
-    rec = tool.capture_sampling(model, [_synthetic_input()])
+    rec = deformable.capture_sampling(model, [_synthetic_input()])
     assert not rec["is_ks"] and set(rec["weights"]) == {"student"} and rec["model_mask"] is None
     attn = model.transformer.encoder.layers[-1].attentions[0]
     M, L, P = attn.num_heads, attn.num_levels, attn.num_points
@@ -274,12 +266,11 @@ def test_random_init_locations_are_the_polar_grid_around_each_token(monkeypatch)
 
 
 def test_choose_level_queries_uses_the_finest_level():
-    tool = _load_tool()
     rec = {"spatial_shapes": [(4, 4), (2, 2)], "level_start": [0, 16], "padded_size": (128, 128)}
     fg = np.zeros(20, bool)
     fg[[5, 6, 9, 10]] = True  # level 0: the 2x2 centre block
     fg[16:] = True  # level 1: all foreground, never chosen
-    q = tool.choose_level_queries(fg, np.ones(20, bool), np.array([[32.0, 32.0, 96.0, 96.0]]), rec, k=3)
+    q = deformable.choose_level_queries(fg, np.ones(20, bool), np.array([[32.0, 32.0, 96.0, 96.0]]), rec, k=3)
     assert q[0] == 10 and len(q) == 3 and all(i in (5, 6, 9, 10) for i in q)
 
 
@@ -296,3 +287,14 @@ def test_draw_weighted_points_area_grows_with_weight():
     assert 2.5 < painted[0] / painted[1] < 6
     with pytest.raises(ValueError, match="2 points but 1 weights"):
         vis.draw_weighted_points([[0, 0], [1, 1]], [1.0], (255, 0, 0))
+
+
+def test_model_without_the_expected_encoder_is_a_clear_error():
+    """Neither a DETR encoder nor a deformable one: the single-scale lookup names the module paths it expected
+    (the tool prints UnsupportedModelError as one ``error:`` line), the deformable lookup says "not mine"."""
+    from projects.ks_detr.visualization.common import UnsupportedModelError
+
+    model = torch.nn.Linear(2, 2)
+    assert deformable.find_deformable_attention(model) is None
+    with pytest.raises(UnsupportedModelError, match=r"transformer\.encoder\.layers\[-1\]\.attentions\[0\]\.attn"):
+        single_scale.find_last_encoder_attention(model)
