@@ -11,20 +11,21 @@ import torch
 import torch.nn as nn
 
 from detrex.layers import (
-    FFN,
     MLP,
-    BaseTransformerLayer,
-    ConditionalCrossAttention,
-    ConditionalSelfAttention,
-    MultiheadAttention,
     TransformerLayerSequence,
     get_sine_pos_embed,
+)
+from detrex.layers.detr_transformer import (
+    DetrEncoder,
+    SingleScaleDetrTransformer,
+    conditional_decoder_layer,
+    post_norm_encoder_layer,
 )
 
 __all__ = ["ConditionalDetrTransformerEncoder", "ConditionalDetrTransformerDecoder", "ConditionalDetrTransformer"]
 
 
-class ConditionalDetrTransformerEncoder(TransformerLayerSequence):
+class ConditionalDetrTransformerEncoder(DetrEncoder):
     """DETR's post-norm encoder: the sine positional embedding is added to queries and keys of every layer
     (no per-layer rescaling, unlike DAB-DETR).
 
@@ -48,51 +49,14 @@ class ConditionalDetrTransformerEncoder(TransformerLayerSequence):
         layers=None,
     ):
         if layers is None:
-            layers = BaseTransformerLayer(
-                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout, batch_first=batch_first),
-                ffn=FFN(
-                    embed_dim=embed_dim,
-                    feedforward_dim=feedforward_dim,
-                    ffn_drop=ffn_dropout,
-                    activation=activation if activation is not None else nn.ReLU(inplace=True),
-                ),
-                norm=nn.LayerNorm(embed_dim),
-                operation_order=operation_order,
-                batch_first=batch_first,
-            )
+            activation = activation if activation is not None else nn.ReLU(inplace=True)
+            layers = post_norm_encoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
+                                             activation, operation_order, batch_first)
         super().__init__(transformer_layers=layers, num_layers=num_layers if isinstance(layers, nn.Module) else None)
         self.embed_dim = embed_dim
         self.pre_norm = self.layers[0].pre_norm
         self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-
-    def forward(
-        self,
-        query,
-        key=None,
-        value=None,
-        query_pos=None,
-        key_pos=None,
-        attn_masks=None,
-        query_key_padding_mask=None,
-        key_padding_mask=None,
-        **kwargs,
-    ):
-        """query: (HW, B, C) tokens; query_pos: (HW, B, C); query_key_padding_mask: (B, HW) True = pad.
-        Extra keyword arguments go to every layer. Returns the memory (HW, B, C)."""
-        for layer in self.layers:
-            query = layer(
-                query,
-                key,
-                value,
-                query_pos=query_pos,
-                attn_masks=attn_masks,
-                query_key_padding_mask=query_key_padding_mask,
-                key_padding_mask=key_padding_mask,
-                **kwargs,
-            )
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        return query
+        # forward: `DetrEncoder`'s (every layer gets the unscaled positional embedding)
 
 
 class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
@@ -124,20 +88,9 @@ class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
     ):
         if batch_first:
             raise NotImplementedError("ConditionalDetrTransformerDecoder works sequence-first (batch_first=False)")
-        layer = BaseTransformerLayer(
-            attn=[
-                ConditionalSelfAttention(embed_dim, num_heads, attn_drop=attn_dropout),
-                ConditionalCrossAttention(embed_dim, num_heads, attn_drop=attn_dropout),
-            ],
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                ffn_drop=ffn_dropout,
-                activation=activation if activation is not None else nn.ReLU(inplace=True),
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=operation_order,
-        )
+        activation = activation if activation is not None else nn.ReLU(inplace=True)
+        layer = conditional_decoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
+                                          activation, operation_order)
         super().__init__(transformer_layers=layer, num_layers=num_layers)
         self.return_intermediate = return_intermediate
         self.embed_dim = embed_dim
@@ -204,43 +157,17 @@ class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
         return torch.stack(intermediate).transpose(1, 2), reference_points.transpose(0, 1)
 
 
-class ConditionalDetrTransformer(nn.Module):
-    """Encoder + decoder of Conditional-DETR.
+class ConditionalDetrTransformer(SingleScaleDetrTransformer):
+    """Encoder + decoder of Conditional-DETR (`SingleScaleDetrTransformer` with a zero-target decoder).
 
-    ``forward(x, mask, query_embed, pos_embed, **kwargs)`` flattens the inputs (`flatten_inputs`), runs
-    `encode` (kwargs go to the encoder and its layers) and `decode`. Subclasses (KS-DETR) may call
-    `decode` several times on different memories: it depends only on its arguments.
+    ``forward(x, mask, query_embed, pos_embed, **kwargs)``: x (B, C, H, W) projected features, mask (B, H, W)
+    True = padding, query_embed (Q, C) learned query embeddings, pos_embed (B, C, H, W), kwargs extra encoder
+    inputs (KS-DETR: a GT token mask in training). Subclasses (KS-DETR) may call `decode` several times on
+    different memories: it depends only on its arguments.
 
     Returns:
         hidden states [L, B, Q, C] and reference points [B, Q, 2] (normalized x, y).
     """
-
-    def __init__(self, encoder: nn.Module = None, decoder: nn.Module = None):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.embed_dim = self.encoder.embed_dim
-        self.init_weights()
-
-    def init_weights(self):
-        """Xavier-uniform for every parameter with more than one dimension (detrex)."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-
-    @staticmethod
-    def flatten_inputs(x, mask, query_embed, pos_embed):
-        """(B, C, H, W) features/pos -> (HW, B, C); (B, H, W) mask -> (B, HW); (Q, C) queries -> (Q, B, C)."""
-        bs, c, h, w = x.shape
-        x = x.view(bs, c, -1).permute(2, 0, 1)
-        pos_embed = pos_embed.view(bs, c, -1).permute(2, 0, 1)
-        query_embed = query_embed.unsqueeze(1).repeat(1, bs, 1)
-        mask = mask.view(bs, -1)
-        return x, mask, query_embed, pos_embed
-
-    def encode(self, x, mask, pos_embed, **kwargs):
-        """Tokens (HW, B, C), mask (B, HW), pos (HW, B, C) -> memory (HW, B, C)."""
-        return self.encoder(query=x, key=None, value=None, query_pos=pos_embed, query_key_padding_mask=mask, **kwargs)
 
     def decode(self, memory, mask, pos_embed, query_embed):
         """Memory (HW, B, C) -> (hidden states [L, B, Q, C], reference points [B, Q, 2]).
@@ -249,14 +176,3 @@ class ConditionalDetrTransformer(nn.Module):
         here; it is accepted so subclasses can change that)."""
         target = torch.zeros_like(query_embed)
         return self.decoder(query=target, key=memory, value=memory, key_pos=pos_embed, query_pos=query_embed)
-
-    def forward(self, x, mask, query_embed, pos_embed, **kwargs):
-        """
-        Args:
-            x: (B, C, H, W) projected features; mask: (B, H, W) True = padding;
-            query_embed: (Q, C) learned query embeddings; pos_embed: (B, C, H, W).
-            **kwargs: extra encoder inputs (KS-DETR: a GT token mask in training).
-        """
-        x, mask, query_embed, pos_embed = self.flatten_inputs(x, mask, query_embed, pos_embed)
-        memory = self.encode(x, mask, pos_embed, **kwargs)
-        return self.decode(memory, mask, pos_embed, query_embed)

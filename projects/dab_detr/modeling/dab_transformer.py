@@ -11,21 +11,22 @@ import torch
 import torch.nn as nn
 
 from detrex.layers import (
-    FFN,
     MLP,
-    BaseTransformerLayer,
-    ConditionalCrossAttention,
-    ConditionalSelfAttention,
-    MultiheadAttention,
     TransformerLayerSequence,
     get_sine_pos_embed,
     inverse_sigmoid,
+)
+from detrex.layers.detr_transformer import (
+    DetrEncoder,
+    SingleScaleDetrTransformer,
+    conditional_decoder_layer,
+    post_norm_encoder_layer,
 )
 
 __all__ = ["DabDetrTransformerEncoder", "DabDetrTransformerDecoder", "DabDetrTransformer"]
 
 
-class DabDetrTransformerEncoder(TransformerLayerSequence):
+class DabDetrTransformerEncoder(DetrEncoder):
     """Post-norm encoder whose positional embedding is rescaled per layer by ``query_scale(x)``, an
     MLP(C, C, C, 2) of the layer input (Conditional-DETR/DAB-DETR).
 
@@ -49,54 +50,20 @@ class DabDetrTransformerEncoder(TransformerLayerSequence):
         layers=None,
     ):
         if layers is None:
-            layers = BaseTransformerLayer(
-                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout, batch_first=batch_first),
-                ffn=FFN(
-                    embed_dim=embed_dim,
-                    feedforward_dim=feedforward_dim,
-                    ffn_drop=ffn_dropout,
-                    activation=activation if activation is not None else nn.PReLU(),
-                ),
-                norm=nn.LayerNorm(embed_dim),
-                operation_order=operation_order,
-                batch_first=batch_first,
-            )
+            activation = activation if activation is not None else nn.PReLU()
+            layers = post_norm_encoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
+                                             activation, operation_order, batch_first)
         super().__init__(transformer_layers=layers, num_layers=num_layers if isinstance(layers, nn.Module) else None)
         self.embed_dim = embed_dim
         self.pre_norm = self.layers[0].pre_norm
         self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
         self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
 
-    def forward(
-        self,
-        query,
-        key=None,
-        value=None,
-        query_pos=None,
-        key_pos=None,
-        attn_masks=None,
-        query_key_padding_mask=None,
-        key_padding_mask=None,
-        **kwargs,
-    ):
-        """query: (HW, B, C) tokens; query_pos: (HW, B, C); query_key_padding_mask: (B, HW) True = pad.
-        Extra keyword arguments go to every layer (a KS layer reads its token mask from them).
-        Returns the memory (HW, B, C)."""
-        for layer in self.layers:
-            position_scales = self.query_scale(query)
-            query = layer(
-                query,
-                key,
-                value,
-                query_pos=query_pos * position_scales,
-                attn_masks=attn_masks,
-                query_key_padding_mask=query_key_padding_mask,
-                key_padding_mask=key_padding_mask,
-                **kwargs,
-            )
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        return query
+    def layer_position(self, query, query_pos):
+        """``query_pos * query_scale(query)``: the positional embedding rescaled by the layer input (forward:
+        `DetrEncoder`'s; extra keyword arguments reach every layer, a KS layer reads its token mask there)."""
+        position_scales = self.query_scale(query)
+        return query_pos * position_scales
 
 
 class DabDetrTransformerDecoder(TransformerLayerSequence):
@@ -128,20 +95,9 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
     ):
         if batch_first:
             raise NotImplementedError("DabDetrTransformerDecoder works sequence-first (batch_first=False)")
-        layer = BaseTransformerLayer(
-            attn=[
-                ConditionalSelfAttention(embed_dim, num_heads, attn_drop=attn_dropout),
-                ConditionalCrossAttention(embed_dim, num_heads, attn_drop=attn_dropout),
-            ],
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                ffn_drop=ffn_dropout,
-                activation=activation if activation is not None else nn.PReLU(),
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=operation_order,
-        )
+        activation = activation if activation is not None else nn.PReLU()
+        layer = conditional_decoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
+                                          activation, operation_order)
         super().__init__(transformer_layers=layer, num_layers=num_layers)
         self.return_intermediate = return_intermediate
         self.embed_dim = embed_dim
@@ -228,43 +184,17 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
         return hidden_states, reference_boxes.unsqueeze(0).transpose(1, 2)
 
 
-class DabDetrTransformer(nn.Module):
-    """Encoder + decoder of DAB-DETR.
+class DabDetrTransformer(SingleScaleDetrTransformer):
+    """Encoder + decoder of DAB-DETR (`SingleScaleDetrTransformer` whose queries are anchor boxes).
 
-    ``forward(x, mask, anchor_box_embed, pos_embed, **kwargs)`` flattens the inputs
-    (`flatten_inputs`), runs `encode` (kwargs go to the encoder and its layers) and `decode`. Subclasses
-    (KS-DETR) may call `decode` several times on different memories: it depends only on its arguments.
+    ``forward(x, mask, anchor_box_embed, pos_embed, **kwargs)``: x (B, C, H, W) projected features, mask
+    (B, H, W) True = padding, anchor_box_embed (Q, 4) learned anchors before sigmoid, pos_embed (B, C, H, W),
+    kwargs extra encoder inputs (KS-DETR: a GT token mask in training). Subclasses (KS-DETR) may call `decode`
+    several times on different memories: it depends only on its arguments.
 
     Returns:
         hidden states [L, B, Q, C] and reference boxes [L, B, Q, 4] (normalized cxcywh, sigmoid space).
     """
-
-    def __init__(self, encoder: nn.Module = None, decoder: nn.Module = None):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.embed_dim = self.encoder.embed_dim
-        self.init_weights()
-
-    def init_weights(self):
-        """Xavier-uniform for every parameter with more than one dimension (detrex)."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-
-    @staticmethod
-    def flatten_inputs(x, mask, anchor_box_embed, pos_embed):
-        """(B, C, H, W) features/pos -> (HW, B, C); (B, H, W) mask -> (B, HW); (Q, 4) anchors -> (Q, B, 4)."""
-        bs, c, h, w = x.shape
-        x = x.view(bs, c, -1).permute(2, 0, 1)
-        pos_embed = pos_embed.view(bs, c, -1).permute(2, 0, 1)
-        anchor_box_embed = anchor_box_embed.unsqueeze(1).repeat(1, bs, 1)
-        mask = mask.view(bs, -1)
-        return x, mask, anchor_box_embed, pos_embed
-
-    def encode(self, x, mask, pos_embed, **kwargs):
-        """Tokens (HW, B, C), mask (B, HW), pos (HW, B, C) -> memory (HW, B, C)."""
-        return self.encoder(query=x, key=None, value=None, query_pos=pos_embed, query_key_padding_mask=mask, **kwargs)
 
     def decode(self, memory, mask, pos_embed, anchor_box_embed):
         """Memory (HW, B, C) -> (hidden states [L, B, Q, C], reference boxes [L, B, Q, 4]).
@@ -276,14 +206,3 @@ class DabDetrTransformer(nn.Module):
         return self.decoder(
             query=target, key=memory, value=memory, key_pos=pos_embed, anchor_box_embed=anchor_box_embed
         )
-
-    def forward(self, x, mask, anchor_box_embed, pos_embed, **kwargs):
-        """
-        Args:
-            x: (B, C, H, W) projected features; mask: (B, H, W) True = padding;
-            anchor_box_embed: (Q, 4) learned anchors before sigmoid; pos_embed: (B, C, H, W).
-            **kwargs: extra encoder inputs (KS-DETR: a GT token mask in training).
-        """
-        x, mask, anchor_box_embed, pos_embed = self.flatten_inputs(x, mask, anchor_box_embed, pos_embed)
-        memory = self.encode(x, mask, pos_embed, **kwargs)
-        return self.decode(memory, mask, pos_embed, anchor_box_embed)

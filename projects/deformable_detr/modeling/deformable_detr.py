@@ -17,32 +17,19 @@ Extension points (used by KS-DETR, keep stable):
   - `predict(inter_states, init_reference, inter_references)` applies the per-layer heads to one decoder run.
 """
 
-import copy
-import math
 from typing import Dict, List, Optional, Sequence
 
-import torch
 import torch.nn as nn
 
-from detrex.layers import MLP, inverse_sigmoid
-from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DETRBase
+from detrex.layers import MLP
+from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
+from detrex.modeling.multi_scale_detr import MultiScaleDETR, apply_box_deltas
 from detrex.structures import ImageList
 
-__all__ = ["DeformableDETR", "apply_box_deltas"]
+__all__ = ["DeformableDETR", "apply_box_deltas"]  # apply_box_deltas: re-exported from detrex.modeling.multi_scale_detr
 
 
-def apply_box_deltas(deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Normalized cxcywh boxes from head outputs (..., 4) and references (..., 2 | 4) in sigmoid space:
-    ``sigmoid(deltas + inverse_sigmoid(reference))``, the reference shifting only (cx, cy) when it is 2-d."""
-    reference = inverse_sigmoid(reference)
-    if reference.shape[-1] == 4:
-        return (deltas + reference).sigmoid()
-    if reference.shape[-1] != 2:
-        raise ValueError(f"reference must end in 2 (points) or 4 (boxes), got {tuple(reference.shape)}")
-    return torch.cat([deltas[..., :2] + reference, deltas[..., 2:]], -1).sigmoid()
-
-
-class DeformableDETR(DETRBase):
+class DeformableDETR(MultiScaleDETR):
     """Deformable-DETR.
 
     Args:
@@ -105,15 +92,12 @@ class DeformableDETR(DETRBase):
         self.criterion = criterion
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
-        self._init_heads_and_neck()
+        self.init_heads_and_neck()
 
         # two-stage: one extra head pair (the last) scores and refines the encoder proposals
         num_pred = transformer.decoder.num_layers + (1 if as_two_stage else 0)
         if with_box_refine:
-            self.class_embed = nn.ModuleList(copy.deepcopy(self.class_embed) for _ in range(num_pred))
-            self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(num_pred))
-            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
-            self.transformer.decoder.bbox_embed = self.bbox_embed
+            self.build_per_layer_heads(num_pred)
         else:
             nn.init.constant_(self.bbox_embed.layers[-1].bias[2:], -2.0)
             # one shared module under num_pred names (checkpoints hold num_pred copies of its keys)
@@ -124,54 +108,6 @@ class DeformableDETR(DETRBase):
             self.transformer.decoder.class_embed = self.class_embed
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
-
-    def _init_heads_and_neck(self):
-        """Class-bias prior 0.01, zero last box layer, xavier-uniform neck convs with zero bias (detrex)."""
-        prior_prob = 0.01
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
-        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
-        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
-        for module in self.neck.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight, gain=1)
-                if module.bias is not None:
-                    nn.init.constant_(module.bias, 0)
-
-    # ------------------------------------------------------------------ extension points
-    def transformer_inputs(self, images: ImageList, multi_level_masks: List[torch.Tensor],
-                           multi_level_feats: Sequence[torch.Tensor], levels, targets: Optional[List[Dict]]) -> Dict:
-        """Extra keyword arguments for the encoder (and every encoder layer). Baseline: none.
-
-        Args:
-            images: the padded batch (``images.tensor`` (B, 3, H, W), ``images.image_sizes``).
-            multi_level_masks: per level (B, H_l, W_l) bool padding masks.
-            multi_level_feats: per level (B, C, H_l, W_l) neck outputs.
-            levels: `MultiLevelInputs` of the transformer (``spatial_shapes`` (L, 2), ``level_start_index`` (L,),
-                ``mask_flatten`` (B, N), ``feat_flatten`` (B, N, C), ...).
-            targets: `prepare_targets` output in training, None in eval.
-        """
-        return {}
-
-    def predict(self, inter_states: torch.Tensor, init_reference: torch.Tensor, inter_references: torch.Tensor):
-        """Per-layer heads: states [L, B, Q, C] and references (initial (B, Q, 2|4), after each layer
-        [L, B, Q, 2|4]) -> logits [L, B, Q, K] and boxes [L, B, Q, 4] (normalized cxcywh). Layer ``i`` uses
-        head ``i`` and the reference it started from."""
-        classes, coords = [], []
-        for lvl in range(inter_states.shape[0]):
-            reference = init_reference if lvl == 0 else inter_references[lvl - 1]
-            classes.append(self.class_embed[lvl](inter_states[lvl]))
-            coords.append(apply_box_deltas(self.bbox_embed[lvl](inter_states[lvl]), reference))
-        return torch.stack(classes), torch.stack(coords)
-
-    # ------------------------------------------------------------------ forward
-    def multi_level_inputs(self, images: ImageList):
-        """Backbone + neck + per-level masks and positions: (feats, masks, pos_embeds) lists."""
-        img_masks = self.padding_mask(images)
-        features = self.backbone(images.tensor)
-        multi_level_feats = self.neck(features)
-        multi_level_masks = [self.downsample_mask(img_masks, feat.shape[-2:]) for feat in multi_level_feats]
-        multi_level_pos = [self.position_embedding(mask) for mask in multi_level_masks]
-        return multi_level_feats, multi_level_masks, multi_level_pos
 
     def forward_raw(self, images: ImageList, targets: Optional[List[Dict]] = None) -> Dict:
         """Raw outputs: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) normalized cxcywh of the last decoder

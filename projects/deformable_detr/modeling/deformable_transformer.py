@@ -32,6 +32,7 @@ from detrex.layers import (
     TransformerLayerSequence,
     inverse_sigmoid,
 )
+from detrex.layers.detr_transformer import DetrEncoder
 
 __all__ = [
     "MultiLevelInputs",
@@ -75,7 +76,7 @@ def _check_layers(layers: Sequence[nn.Module], owner: str) -> None:
         raise ValueError(f"{owner}: needs at least one layer")
 
 
-class DeformableDetrTransformerEncoder(TransformerLayerSequence):
+class DeformableDetrTransformerEncoder(DetrEncoder):
     """Encoder of post-norm layers: multi-scale deformable self-attention -> norm -> FFN -> norm.
 
     Args:
@@ -123,36 +124,8 @@ class DeformableDetrTransformerEncoder(TransformerLayerSequence):
         self.embed_dim = embed_dim
         self.pre_norm = getattr(self.layers[0], "pre_norm", False)
         self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-
-    def forward(
-        self,
-        query,
-        key=None,
-        value=None,
-        query_pos=None,
-        key_pos=None,
-        attn_masks=None,
-        query_key_padding_mask=None,
-        key_padding_mask=None,
-        **kwargs,
-    ):
-        """query: (B, N, C) tokens; query_pos: (B, N, C); query_key_padding_mask: (B, N) True = pad.
-        ``reference_points``, ``spatial_shapes``, ``level_start_index``, ``valid_ratios`` and any extra
-        keyword arguments go to every layer. Returns the memory (B, N, C)."""
-        for layer in self.layers:
-            query = layer(
-                query,
-                key,
-                value,
-                query_pos=query_pos,
-                attn_masks=attn_masks,
-                query_key_padding_mask=query_key_padding_mask,
-                key_padding_mask=key_padding_mask,
-                **kwargs,
-            )
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        return query
+        # forward: `DetrEncoder`'s, on batch-first tokens (B, N, C); ``reference_points``, ``spatial_shapes``,
+        # ``level_start_index``, ``valid_ratios`` and any extra keyword arguments go to every layer
 
 
 class DeformableDetrTransformerDecoder(TransformerLayerSequence):
@@ -289,10 +262,15 @@ class DeformableDetrTransformer(nn.Module):
         num_feature_levels: L (``level_embeds`` [L, C]).
         two_stage_num_proposals: number of proposals kept in two-stage mode.
 
+    Class attribute ``learned_reference_points``: one-stage queries get 2-d reference points from the
+    ``reference_points`` Linear (False in subclasses whose queries carry their own anchors).
+
     ``forward(multi_level_feats, multi_level_masks, multi_level_pos_embeds, query_embed, levels=None, **kwargs)``
     returns ``(inter_states [L, B, Q, C], init_reference (B, Q, 2|4), inter_references [L, B, Q, 2|4],
     enc_outputs_class, enc_outputs_coord_unact)`` (the last two None unless two-stage), as detrex.
     """
+
+    learned_reference_points = True
 
     def __init__(
         self,
@@ -315,20 +293,20 @@ class DeformableDetrTransformer(nn.Module):
             self.enc_output_norm = nn.LayerNorm(self.embed_dim)
             self.pos_trans = nn.Linear(self.embed_dim * 2, self.embed_dim * 2)
             self.pos_trans_norm = nn.LayerNorm(self.embed_dim * 2)
-        else:
+        elif self.learned_reference_points:
             self.reference_points = nn.Linear(self.embed_dim, 2)
         self.init_weights()
 
     def init_weights(self):
         """Xavier-uniform for every matrix, the deformable attentions' own init, xavier-normal reference-point
-        projection with zero bias, N(0, 1) level embeddings (detrex)."""
+        projection (if any) with zero bias, N(0, 1) level embeddings (detrex)."""
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         for m in self.modules():
             if isinstance(m, MultiScaleDeformableAttention):
                 m.init_weights()
-        if not self.as_two_stage:
+        if not self.as_two_stage and self.learned_reference_points:
             nn.init.xavier_normal_(self.reference_points.weight, gain=1.0)
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embeds)

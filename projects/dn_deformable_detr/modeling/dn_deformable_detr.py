@@ -13,8 +13,6 @@ targets)` (the decoder's content/box queries and attention mask, shared by all d
 `predict(...)` (heads of one decoder run).
 """
 
-import copy
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -22,14 +20,14 @@ import torch.nn as nn
 
 from detrex.layers import MLP, inverse_sigmoid
 from detrex.layers.denoising import GenerateDNQueries, dn_post_process
-from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, DETRBase
+from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
+from detrex.modeling.multi_scale_detr import MultiScaleDETR
 from detrex.structures import ImageList
-from projects.deformable_detr.modeling.deformable_detr import apply_box_deltas
 
 __all__ = ["DNDeformableDETR"]
 
 
-class DNDeformableDETR(DETRBase):
+class DNDeformableDETR(MultiScaleDETR):
     """DN-Deformable-DETR.
 
     Args:
@@ -97,11 +95,7 @@ class DNDeformableDETR(DETRBase):
         self.box_noise_scale = box_noise_scale
         self._init_weights()
 
-        num_pred = transformer.decoder.num_layers
-        self.class_embed = nn.ModuleList(copy.deepcopy(self.class_embed) for _ in range(num_pred))
-        self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(num_pred))
-        nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)  # head 0 only, as upstream
-        self.transformer.decoder.bbox_embed = self.bbox_embed
+        self.build_per_layer_heads(transformer.decoder.num_layers)  # always box refinement
         # registered last, as upstream (state-dict order)
         self.denoising_generator = GenerateDNQueries(
             num_queries=num_queries,
@@ -120,21 +114,7 @@ class DNDeformableDETR(DETRBase):
         nn.init.uniform_(self.refpoint_embed.weight)
         with torch.no_grad():
             self.refpoint_embed.weight.copy_(inverse_sigmoid(self.refpoint_embed.weight).clamp(-3, 3))
-        prior_prob = 0.01
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
-        nn.init.constant_(self.bbox_embed.layers[-1].weight, 0)
-        nn.init.constant_(self.bbox_embed.layers[-1].bias, 0)
-        for module in self.neck.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight, gain=1)
-                if module.bias is not None:
-                    nn.init.constant_(module.bias, 0)
-
-    # ------------------------------------------------------------------ extension points
-    def transformer_inputs(self, images: ImageList, multi_level_masks: List[torch.Tensor],
-                           multi_level_feats: Sequence[torch.Tensor], levels, targets: Optional[List[Dict]]) -> Dict:
-        """Extra keyword arguments for the encoder; see `DeformableDETR.transformer_inputs`. Baseline: none."""
-        return {}
+        self.init_heads_and_neck()
 
     def build_queries(self, batch_size: int, targets: Optional[List[Dict]]) -> Dict:
         """The decoder's queries.
@@ -161,24 +141,6 @@ class DNDeformableDETR(DETRBase):
             "denoising_groups": groups,
             "max_gt_num_per_image": max_gt,
         }
-
-    def predict(self, inter_states: torch.Tensor, init_reference: torch.Tensor, inter_references: torch.Tensor):
-        """Per-layer heads -> logits [L, B, Q', K] and boxes [L, B, Q', 4] (see `DeformableDETR.predict`)."""
-        classes, coords = [], []
-        for lvl in range(inter_states.shape[0]):
-            reference = init_reference if lvl == 0 else inter_references[lvl - 1]
-            classes.append(self.class_embed[lvl](inter_states[lvl]))
-            coords.append(apply_box_deltas(self.bbox_embed[lvl](inter_states[lvl]), reference))
-        return torch.stack(classes), torch.stack(coords)
-
-    # ------------------------------------------------------------------ forward
-    def multi_level_inputs(self, images: ImageList):
-        """Backbone + neck + per-level masks and positions: (feats, masks, pos_embeds) lists."""
-        img_masks = self.padding_mask(images)
-        multi_level_feats = self.neck(self.backbone(images.tensor))
-        multi_level_masks = [self.downsample_mask(img_masks, feat.shape[-2:]) for feat in multi_level_feats]
-        multi_level_pos = [self.position_embedding(mask) for mask in multi_level_masks]
-        return multi_level_feats, multi_level_masks, multi_level_pos
 
     def forward_raw(self, images: ImageList, targets: Optional[List[Dict]] = None) -> Dict:
         """Raw outputs of the matching queries -- ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4)

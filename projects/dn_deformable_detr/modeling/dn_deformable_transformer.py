@@ -14,9 +14,8 @@ are separately callable; `decode` depends only on its arguments (KS teachers pas
 from typing import Dict, Optional
 
 import torch
-import torch.nn as nn
 
-from detrex.layers import MLP, MultiScaleDeformableAttention, get_sine_pos_embed
+from detrex.layers import MLP, get_sine_pos_embed
 from projects.deformable_detr.modeling.deformable_transformer import (
     DeformableDetrTransformer,
     DeformableDetrTransformerDecoder,
@@ -63,33 +62,18 @@ class DNDeformableDetrTransformer(DeformableDetrTransformer):
 
     ``forward(multi_level_feats, multi_level_masks, multi_level_pos_embeds, input_label_query, input_box_query,
     attn_masks=None, levels=None, **kwargs)`` returns ``(inter_states [L, B, Q', C], init_reference (B, Q', 4),
-    inter_references [L, B, Q', 4], None, None)``.
+    inter_references [L, B, Q', 4], None, None)``. No ``reference_points`` projection (the anchors are the
+    reference boxes).
     """
+
+    learned_reference_points = False
 
     def __init__(self, encoder=None, decoder=None, as_two_stage=False, num_feature_levels=4,
                  two_stage_num_proposals=300):
         if as_two_stage:
             raise NotImplementedError("DNDeformableDetrTransformer: as_two_stage=True is not implemented; "
                                       "use projects.deformable_detr for two-stage Deformable-DETR")
-        nn.Module.__init__(self)
-        self.encoder = encoder
-        self.decoder = decoder
-        self.as_two_stage = False
-        self.num_feature_levels = num_feature_levels
-        self.two_stage_num_proposals = two_stage_num_proposals
-        self.embed_dim = self.encoder.embed_dim
-        self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, self.embed_dim))
-        self.init_weights()
-
-    def init_weights(self):
-        """Xavier-uniform for every matrix, the deformable attentions' own init, N(0, 1) level embeddings."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.init_weights()
-        nn.init.normal_(self.level_embeds)
+        super().__init__(encoder, decoder, False, num_feature_levels, two_stage_num_proposals)
 
     def prepare_queries(self, memory: torch.Tensor, levels: MultiLevelInputs, input_label_query: torch.Tensor,
                         input_box_query: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:

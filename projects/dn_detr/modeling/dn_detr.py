@@ -100,11 +100,7 @@ class DNDETR(DABDETR):
         """Raw outputs of the matching queries -- ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4)
         normalized cxcywh, ``aux_outputs`` -- and, in training, ``denoising_output`` (same layout over the
         G*M denoising queries), ``denoising_groups`` and ``max_gt_num_per_image``."""
-        img_masks = self.padding_mask(images)
-        features = self.backbone(images.tensor)[self.in_features[-1]]
-        features = self.input_proj(features)
-        img_masks = self.downsample_mask(img_masks, features.shape[-2:])
-        pos_embed = self.position_embedding(img_masks)
+        features, img_masks, pos_embed = self.image_features(images)
         queries = self.build_queries(targets, features.shape[0])
         extra = self.transformer_inputs(images, img_masks, features, targets)
         hidden_states, reference_boxes = self.transformer(

@@ -5,56 +5,18 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from detrex.config import LazyCall as L
 from detrex.config import LazyConfig, instantiate
-from detrex.structures import Boxes, Instances
 from projects.conditional_detr.modeling import ConditionalDETR
 from projects.ks_detr.modeling import KSConditionalDETR, KSTripleAttnEncoderLayer
+from tests.projects.ks_detr.single_scale_helpers import TinyBackbone, batch, expected_keys, raw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CFG_DIR = os.path.join(ROOT, "projects/ks_detr/configs/ks_conditional_detr")
 KS_MODEL_CFG = os.path.join(CFG_DIR, "models/ks_conditional_detr_r50_smlp_qkv_triple_attn.py")
 C = 256
 NUM_CLASSES = 5
-BASE = ("loss_class", "loss_bbox", "loss_giou")
-
-
-class TinyBackbone(nn.Module):
-    """Stride-16 stand-in for ResNet: {"res5": (B, 16, H/16, W/16)}."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, kernel_size=16, stride=16)
-
-    def forward(self, x):
-        return {"res5": self.conv(x)}
-
-
-def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, classes in (
-        ((64, 96), [[4.0, 6.0, 60.0, 50.0], [70.0, 10.0, 94.0, 40.0]], [1, 3]),
-        ((80, 64), [[10.0, 20.0, 60.0, 78.0]], [2]),
-    ):
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(classes))
-        items.append(x)
-    return items
-
-
-def raw(model, items, train):
-    model.train(train)
-    images = model.preprocess_image(items)
-    targets = model.prepare_targets(items) if train else None
-    return model.forward_raw(images, targets)
-
-
-def expected_keys(n_aux=7):
-    return set(BASE) | {f"{k}_{i}" for i in range(n_aux) for k in BASE}
 
 
 def perturb_teacher_weights(model):

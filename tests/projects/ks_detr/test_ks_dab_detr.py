@@ -3,28 +3,16 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from detrex.config import LazyCall as L
 from detrex.config import LazyConfig, instantiate
-from detrex.structures import Boxes, Instances
 from projects.ks_detr.modeling import KSDABDETR
+from tests.projects.ks_detr.single_scale_helpers import TinyBackbone, batch, expected_keys, raw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 KS_MODEL_CFG = os.path.join(ROOT, "projects/ks_detr/configs/ks_dab_detr/models/ks_dab_detr_r50_smlp_qkv_triple_attn.py")
 C = 256  # the DAB decoder's anchor sine embedding is fixed at 4 x 128 = 2C channels
 NUM_CLASSES = 5
-
-
-class TinyBackbone(nn.Module):
-    """Stride-16 stand-in for ResNet: {"res5": (B, 16, H/16, W/16)}."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, kernel_size=16, stride=16)
-
-    def forward(self, x):
-        return {"res5": self.conv(x)}
 
 
 def tiny_model(mode="triple"):
@@ -44,32 +32,6 @@ def tiny_model(mode="triple"):
         model.bbox_embed.layers[-1].weight.normal_(0, 0.01)
         model.ksgt.smlp_module.token_split_conv.linear[0].bias.normal_(0, 1.0)
     return model
-
-
-def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, classes in (
-        ((64, 96), [[4.0, 6.0, 60.0, 50.0], [70.0, 10.0, 94.0, 40.0]], [1, 3]),
-        ((80, 64), [[10.0, 20.0, 60.0, 78.0]], [2]),
-    ):
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(classes))
-        items.append(x)
-    return items
-
-
-def raw(model, items, train):
-    model.train(train)
-    images = model.preprocess_image(items)
-    targets = model.prepare_targets(items) if train else None
-    return model.forward_raw(images, targets)
-
-
-def expected_keys(n_aux):
-    base = ["loss_class", "loss_bbox", "loss_giou"]
-    return set(base) | {f"{k}_{i}" for i in range(n_aux) for k in base}
 
 
 def test_training_step_losses_and_gradients():

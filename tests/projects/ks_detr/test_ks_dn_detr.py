@@ -5,14 +5,14 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from detrex.config import LazyCall as L
 from detrex.config import LazyConfig, instantiate
 from detrex.modeling.criterion.dn_criterion import DNCriterion
-from detrex.structures import Boxes, Instances
 from projects.dn_detr.modeling import DNDETR
 from projects.ks_detr.modeling import KSDNDETR, KSTripleAttnEncoderLayer
+from tests.projects.ks_detr import single_scale_helpers
+from tests.projects.ks_detr.single_scale_helpers import TinyBackbone, batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CFG_DIR = os.path.join(ROOT, "projects/ks_detr/configs/ks_dn_detr")
@@ -21,42 +21,12 @@ C = 256  # the DAB decoder's anchor sine embedding is fixed at 4 x 128 = 2C chan
 NUM_CLASSES = 5
 
 
-class TinyBackbone(nn.Module):
-    """Stride-16 stand-in for ResNet: {"res5": (B, 16, H/16, W/16)}."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, kernel_size=16, stride=16)
-
-    def forward(self, x):
-        return {"res5": self.conv(x)}
-
-
-def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, classes in (
-        ((64, 96), [[4.0, 6.0, 60.0, 50.0], [70.0, 10.0, 94.0, 40.0]], [1, 3]),
-        ((80, 64), [[10.0, 20.0, 60.0, 78.0]], [2]),
-    ):
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(classes))
-        items.append(x)
-    return items
-
-
 def raw(model, items, train, seed=0):
-    model.train(train)
-    images = model.preprocess_image(items)
-    targets = model.prepare_targets(items) if train else None
-    torch.manual_seed(seed)  # the denoising noise
-    return model.forward_raw(images, targets)
+    return single_scale_helpers.raw(model, items, train, seed=seed)  # seeds the denoising noise
 
 
 def expected_keys(n_aux=7):
-    suffixes = [""] + [f"_{i}" for i in range(n_aux)]
-    return {f"loss_{k}{d}{s}" for k in ("class", "bbox", "giou") for d in ("", "_dn") for s in suffixes}
+    return single_scale_helpers.expected_keys(n_aux, denoising=True)
 
 
 @pytest.fixture(scope="module")
