@@ -9,63 +9,15 @@ branch of ``shapes_detr.py`` is left out (cut shapes are harder and slow down a 
 Test: ``shapes_val`` itself (100 images, short side 128, max 192), so the demo's AP is the default set's AP.
 """
 
-from omegaconf import OmegaConf
-
-import detrex.data.transforms as T
-from detrex.config import LazyCall as L
-from detrex.data import (
-    DatasetCatalog,
-    DetrDatasetMapper,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+from detrex.config import get_config
+from detrex.data import DatasetCatalog
 from detrex.data.datasets.shapes import register_shapes
-from detrex.evaluation import COCOEvaluator
 
 # same generation parameters (and seeds) as shapes_train/shapes_val except the number of training images
 if "shapes_demo_train" not in DatasetCatalog:  # config files may be loaded many times in one process
     register_shapes("shapes_demo_train", "train", num_train=2000)
 
-dataloader = OmegaConf.create()
-
-dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="shapes_demo_train"),
-    mapper=L(DetrDatasetMapper)(
-        augmentation=[
-            L(T.RandomFlip)(),
-            L(T.ResizeShortestEdge)(
-                short_edge_length=(112, 128, 144),
-                max_size=192,
-                sample_style="choice",
-            ),
-        ],
-        augmentation_with_crop=None,
-        is_train=True,
-        mask_on=False,
-        img_format="RGB",
-    ),
-    total_batch_size=8,
-    num_workers=0,
-)
-
-dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="shapes_val", filter_empty=False),
-    mapper=L(DetrDatasetMapper)(
-        augmentation=[
-            L(T.ResizeShortestEdge)(
-                short_edge_length=128,
-                max_size=192,
-            ),
-        ],
-        augmentation_with_crop=None,
-        is_train=False,
-        mask_on=False,
-        img_format="RGB",
-    ),
-    num_workers=0,
-)
-
-dataloader.evaluator = L(COCOEvaluator)(
-    dataset_name="${..test.dataset.names}",
-)
+# shapes_detr.py's data (batch 8, no worker processes, the same test set) with the demo's training images
+dataloader = get_config("common/data/shapes_detr.py").dataloader
+dataloader.train.dataset.names = "shapes_demo_train"
+dataloader.train.mapper.augmentation_with_crop = None  # no random-crop branch

@@ -2,8 +2,8 @@
 import torch.nn as nn
 
 from detrex.config import LazyCall as L
+from detrex.config import get_config
 from detrex.layers import PositionEmbeddingSine
-from detrex.modeling.backbone import BasicStem, ResNet
 from detrex.modeling.criterion import SetCriterion
 from detrex.modeling.matcher import HungarianMatcher
 from projects.dab_detr.modeling import (
@@ -14,13 +14,7 @@ from projects.dab_detr.modeling import (
 )
 
 model = L(DABDETR)(
-    backbone=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        # torchvision-converted weights put the stride in the 3x3 conv
-        stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-        out_features=["res2", "res3", "res4", "res5"],
-        freeze_at=1,  # stem frozen; res2 trains (detectron2/detrex convention)
-    ),
+    backbone=get_config("common/backbone/resnet50.py").backbone,  # FrozenBN ResNet-50, res2..res5
     in_features=["res5"],  # single-scale: stride-32 features only
     in_channels=2048,
     # DAB-DETR uses temperature 20 (not DETR's 10000); 128 channels per axis -> 256

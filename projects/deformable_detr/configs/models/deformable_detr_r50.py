@@ -3,8 +3,8 @@
 import torch.nn as nn
 
 from detrex.config import LazyCall as L
+from detrex.config import get_config
 from detrex.layers import PositionEmbeddingSine, ShapeSpec
-from detrex.modeling.backbone import BasicStem, ResNet
 from detrex.modeling.matcher import HungarianMatcher
 from detrex.modeling.neck import ChannelMapper
 from projects.deformable_detr.modeling import (
@@ -17,14 +17,12 @@ from projects.deformable_detr.modeling import (
 
 num_feature_levels = 4
 
+# the FrozenBN ResNet-50 of configs/common/backbone/resnet50.py, strides 8, 16, 32 only (the neck's inputs)
+_backbone = get_config("common/backbone/resnet50.py").backbone
+_backbone.out_features = ["res3", "res4", "res5"]
+
 model = L(DeformableDETR)(
-    backbone=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        # torchvision-converted weights put the stride in the 3x3 conv
-        stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-        out_features=["res3", "res4", "res5"],  # strides 8, 16, 32
-        freeze_at=1,  # stem frozen; res2 trains (detectron2/detrex convention)
-    ),
+    backbone=_backbone,
     # 128 channels per axis; Deformable-DETR normalizes positions with a -0.5 offset (pixel centres)
     position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5),
     neck=L(ChannelMapper)(
