@@ -6,18 +6,27 @@
 - `SingleScaleDetrTransformer`: the sequence-first encoder + decoder wrapper of the single-scale DETRs
   (Conditional-DETR, Meng et al. 2021; DAB-DETR, Liu et al. 2022): flatten the (B, C, H, W) inputs, encode,
   decode the queries; subclasses define `decode`.
+- `ConditionalDecoder`: the decoder skeleton Conditional-DETR and DAB-DETR share (layers, ``query_scale``,
+  ``ref_point_head``, shared post-norm, one layer call); each subclass writes its own loop of reference points.
 - `post_norm_encoder_layer` / `conditional_decoder_layer`: the single-scale encoder and decoder layers.
 """
 
 from typing import Tuple
 
+import torch
 import torch.nn as nn
 
 from .attention import ConditionalCrossAttention, ConditionalSelfAttention, MultiheadAttention
-from .mlp import FFN
+from .mlp import FFN, MLP
 from .transformer import BaseTransformerLayer, TransformerLayerSequence
 
-__all__ = ["DetrEncoder", "SingleScaleDetrTransformer", "post_norm_encoder_layer", "conditional_decoder_layer"]
+__all__ = [
+    "ConditionalDecoder",
+    "DetrEncoder",
+    "SingleScaleDetrTransformer",
+    "conditional_decoder_layer",
+    "post_norm_encoder_layer",
+]
 
 
 def post_norm_encoder_layer(embed_dim: int, num_heads: int, attn_dropout: float, feedforward_dim: int,
@@ -87,6 +96,69 @@ class DetrEncoder(TransformerLayerSequence):
         if self.post_norm_layer is not None:
             query = self.post_norm_layer(query)
         return query
+
+
+class ConditionalDecoder(TransformerLayerSequence):
+    """Decoder skeleton of Conditional-DETR (Meng et al. 2021) and DAB-DETR (Liu et al. 2022), sequence-first.
+
+    Holds ``num_layers`` `conditional_decoder_layer` copies (the cross-attention's ``query_pos_proj`` kept only
+    in layer 0, as in both papers' code), ``query_scale`` = MLP(C, C, C, 2) (the content-dependent transform of
+    the spatial query in layers 1..), ``ref_point_head`` = MLP(``ref_point_in``, C, ``ref_point_out``, 2) (the
+    reference point / box embedding), with ``modulate_hw_attn`` DAB-DETR's ``ref_anchor_head`` = MLP(C, C, 2, 2),
+    and the ``post_norm_layer`` shared by all layers' outputs (modules registered in the order of the
+    released checkpoints). Subclasses
+    write ``forward``: where the reference points come from, and how the spatial query is made of them;
+    `run_layer` and `stack_outputs` are the parts they share.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float, feedforward_dim: int, ffn_dropout: float,
+                 activation: nn.Module, operation_order: Tuple[str, ...], num_layers: int, batch_first: bool,
+                 post_norm: bool, return_intermediate: bool, ref_point_in: int, ref_point_out: int,
+                 modulate_hw_attn: bool = False):
+        if batch_first:
+            raise NotImplementedError(f"{type(self).__name__} works sequence-first (batch_first=False)")
+        layer = conditional_decoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
+                                          activation, operation_order)
+        super().__init__(transformer_layers=layer, num_layers=num_layers)
+        self.return_intermediate = return_intermediate
+        self.embed_dim = embed_dim
+        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
+        self.ref_point_head = MLP(ref_point_in, embed_dim, ref_point_out, 2)
+        self.modulate_hw_attn = modulate_hw_attn
+        if modulate_hw_attn:  # DAB-DETR: the content predicts (w, h) factors that modulate the spatial query
+            self.ref_anchor_head = MLP(embed_dim, embed_dim, 2, 2)
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+        for layer in self.layers[1:]:
+            layer.attentions[1].query_pos_proj = None
+
+    def run_layer(self, idx: int, query, key, value, query_pos, key_pos, query_sine_embed, attn_masks=None,
+                  query_key_padding_mask=None, key_padding_mask=None, **kwargs):
+        """Layer ``idx`` on queries (Q, B, C) against memory (HW, B, C); ``query_sine_embed`` (Q, B, C) is the
+        cross-attention's spatial query, ``query_pos`` (Q, B, C) the self-attention's positional query."""
+        return self.layers[idx](
+            query,
+            key,
+            value,
+            query_pos=query_pos,
+            key_pos=key_pos,
+            query_sine_embed=query_sine_embed,
+            attn_masks=attn_masks,
+            query_key_padding_mask=query_key_padding_mask,
+            key_padding_mask=key_padding_mask,
+            is_first_layer=(idx == 0),
+            **kwargs,
+        )
+
+    def normed(self, query):
+        """The shared post-norm (identity without one)."""
+        return self.post_norm_layer(query) if self.post_norm_layer is not None else query
+
+    def stack_outputs(self, intermediate, query):
+        """[L x (Q, B, C)] per-layer outputs (already normed) and the last layer's raw output -> [L, B, Q, C];
+        without ``return_intermediate``, L = 1 (the normed last output)."""
+        if not self.return_intermediate:
+            intermediate = [self.normed(query)]
+        return torch.stack(intermediate).transpose(1, 2)
 
 
 class SingleScaleDetrTransformer(nn.Module):

@@ -2,7 +2,14 @@
 import torch
 import torch.nn as nn
 
-from detrex.layers.detr_transformer import DetrEncoder, SingleScaleDetrTransformer, post_norm_encoder_layer
+import pytest
+
+from detrex.layers.detr_transformer import (
+    ConditionalDecoder,
+    DetrEncoder,
+    SingleScaleDetrTransformer,
+    post_norm_encoder_layer,
+)
 
 
 class _AddPos(nn.Module):
@@ -63,3 +70,49 @@ def test_post_norm_encoder_layer_builds_a_working_layer():
     assert y.shape == x.shape and torch.isfinite(y).all()
     # post-norm: every output token is layer-normalized
     torch.testing.assert_close(y.mean(-1), torch.zeros(6, 2), atol=1e-5, rtol=0)
+
+
+def _conditional_decoder(cls=ConditionalDecoder, **kw):
+    args = dict(embed_dim=8, num_heads=2, attn_dropout=0.0, feedforward_dim=16, ffn_dropout=0.0,
+                activation=nn.ReLU(), operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+                num_layers=3, batch_first=False, post_norm=True, return_intermediate=True,
+                ref_point_in=8, ref_point_out=2)
+    args.update(kw)
+    return cls(**args)
+
+
+def test_conditional_decoder_modules_in_released_checkpoint_order():
+    dec = _conditional_decoder(modulate_hw_attn=True)
+    # only layer 0 keeps the cross-attention's query_pos_proj (the released checkpoints have no such key later)
+    keys = list(dec.state_dict())
+    assert any(k.startswith("layers.0.attentions.1.query_pos_proj.") for k in keys)
+    assert not any(".attentions.1.query_pos_proj." in k for k in keys if not k.startswith("layers.0."))
+    heads = [k.split(".")[0] for k in keys if not k.startswith("layers.")]
+    assert list(dict.fromkeys(heads)) == ["query_scale", "ref_point_head", "ref_anchor_head", "post_norm_layer"]
+    assert "ref_anchor_head" not in dict(_conditional_decoder().named_children())
+
+
+def test_conditional_decoder_run_layer_and_stacking():
+    torch.manual_seed(0)
+    dec = _conditional_decoder().eval()
+    q, mem = torch.randn(4, 2, 8), torch.randn(6, 2, 8)
+    pos, kpos, sine = torch.randn(4, 2, 8), torch.randn(6, 2, 8), torch.randn(4, 2, 8)
+    out0 = dec.run_layer(0, q, mem, mem, pos, kpos, sine)
+    # run_layer(idx, ...) is layer idx called with the shared keywords; layer 0 is flagged as the first
+    direct = dec.layers[0](q, mem, mem, query_pos=pos, key_pos=kpos, query_sine_embed=sine, is_first_layer=True)
+    torch.testing.assert_close(out0, direct)
+    stacked = dec.stack_outputs([dec.normed(out0), dec.normed(out0 + 1)], out0 + 1)
+    assert stacked.shape == (2, 2, 4, 8)  # [L, B, Q, C]
+    torch.testing.assert_close(stacked[1], dec.post_norm_layer(out0 + 1).transpose(0, 1))
+    dec.return_intermediate = False
+    last = dec.stack_outputs([], out0)
+    assert last.shape == (1, 2, 4, 8)
+    torch.testing.assert_close(last[0], dec.post_norm_layer(out0).transpose(0, 1))
+
+
+def test_conditional_decoder_rejects_batch_first_naming_the_class():
+    class MyDecoder(ConditionalDecoder):
+        pass
+
+    with pytest.raises(NotImplementedError, match="MyDecoder works sequence-first"):
+        _conditional_decoder(cls=MyDecoder, batch_first=True)

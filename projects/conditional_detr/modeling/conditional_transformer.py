@@ -10,15 +10,11 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from detrex.layers import (
-    MLP,
-    TransformerLayerSequence,
-    get_sine_pos_embed,
-)
+from detrex.layers import get_sine_pos_embed
 from detrex.layers.detr_transformer import (
+    ConditionalDecoder,
     DetrEncoder,
     SingleScaleDetrTransformer,
-    conditional_decoder_layer,
     post_norm_encoder_layer,
 )
 
@@ -59,7 +55,7 @@ class ConditionalDetrTransformerEncoder(DetrEncoder):
         # forward: `DetrEncoder`'s (every layer gets the unscaled positional embedding)
 
 
-class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
+class ConditionalDetrTransformerDecoder(ConditionalDecoder):
     """Conditional-DETR decoder.
 
     Each learned query embedding ``query_pos`` (Q, B, C) gives a fixed 2-d reference point
@@ -68,8 +64,7 @@ class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
     (except in layer 0), is the cross-attention's spatial query; ``query_pos`` is the self-attention's
     positional query and, in layer 0 only, is added to the cross-attention's content query. Layers are
     conditional self-attention -> norm -> conditional cross-attention -> norm -> FFN -> norm; every layer's
-    output goes through the shared ``post_norm_layer``. ``query_pos_proj`` of the cross-attention exists
-    only in layer 0.
+    output goes through the shared ``post_norm_layer`` (see `ConditionalDecoder`).
     """
 
     def __init__(
@@ -86,19 +81,10 @@ class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
         post_norm: bool = True,
         return_intermediate: bool = True,
     ):
-        if batch_first:
-            raise NotImplementedError("ConditionalDetrTransformerDecoder works sequence-first (batch_first=False)")
         activation = activation if activation is not None else nn.ReLU(inplace=True)
-        layer = conditional_decoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
-                                          activation, operation_order)
-        super().__init__(transformer_layers=layer, num_layers=num_layers)
-        self.return_intermediate = return_intermediate
-        self.embed_dim = embed_dim
-        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
-        self.ref_point_head = MLP(embed_dim, embed_dim, 2, 2)
-        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-        for layer in self.layers[1:]:
-            layer.attentions[1].query_pos_proj = None
+        super().__init__(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout, activation,
+                         operation_order, num_layers, batch_first, post_norm, return_intermediate,
+                         ref_point_in=embed_dim, ref_point_out=2)
 
     def reference_points(self, query_pos: torch.Tensor) -> torch.Tensor:
         """(Q, B, C) query embeddings -> (Q, B, 2) normalized (x, y) reference points."""
@@ -134,27 +120,13 @@ class ConditionalDetrTransformerDecoder(TransformerLayerSequence):
         # (Q, B, C): C/2 channels per coordinate (detrex hard-codes 128, i.e. C = 256); y first, then x
         sine_embed = get_sine_pos_embed(reference_points, num_pos_feats=c // 2)
         intermediate = []
-        for idx, layer in enumerate(self.layers):
+        for idx in range(self.num_layers):
             position_transform = 1 if idx == 0 else self.query_scale(query)
-            query_sine_embed = sine_embed[..., :c] * position_transform
-            query = layer(
-                query,
-                key,
-                value,
-                query_pos=query_pos,
-                key_pos=key_pos,
-                query_sine_embed=query_sine_embed,
-                attn_masks=attn_masks,
-                query_key_padding_mask=query_key_padding_mask,
-                key_padding_mask=key_padding_mask,
-                is_first_layer=(idx == 0),
-                **kwargs,
-            )
+            query = self.run_layer(idx, query, key, value, query_pos, key_pos, sine_embed[..., :c] * position_transform,
+                                   attn_masks, query_key_padding_mask, key_padding_mask, **kwargs)
             if self.return_intermediate:
-                intermediate.append(self.post_norm_layer(query) if self.post_norm_layer is not None else query)
-        if not self.return_intermediate:
-            intermediate = [self.post_norm_layer(query) if self.post_norm_layer is not None else query]
-        return torch.stack(intermediate).transpose(1, 2), reference_points.transpose(0, 1)
+                intermediate.append(self.normed(query))
+        return self.stack_outputs(intermediate, query), reference_points.transpose(0, 1)
 
 
 class ConditionalDetrTransformer(SingleScaleDetrTransformer):

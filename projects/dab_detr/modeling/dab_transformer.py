@@ -10,16 +10,11 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from detrex.layers import (
-    MLP,
-    TransformerLayerSequence,
-    get_sine_pos_embed,
-    inverse_sigmoid,
-)
+from detrex.layers import MLP, get_sine_pos_embed, inverse_sigmoid
 from detrex.layers.detr_transformer import (
+    ConditionalDecoder,
     DetrEncoder,
     SingleScaleDetrTransformer,
-    conditional_decoder_layer,
     post_norm_encoder_layer,
 )
 
@@ -66,16 +61,15 @@ class DabDetrTransformerEncoder(DetrEncoder):
         return query_pos * position_scales
 
 
-class DabDetrTransformerDecoder(TransformerLayerSequence):
+class DabDetrTransformerDecoder(ConditionalDecoder):
     """DAB-DETR decoder: queries carry anchor boxes (cx, cy, w, h) that every layer refines.
 
-    Per layer: the sine embedding of the current box (512 channels) gives the query position through
+    Per layer: the sine embedding of the current box (2C channels) gives the query position through
     ``ref_point_head`` (MLP 2C -> C -> C); its first C channels, scaled by ``query_scale(query)`` (not in
     layer 0) and, with ``modulate_hw_attn``, by ``ref_anchor_head(query).sigmoid() / (w, h)``, are the
-    cross-attention's spatial query. Layers are conditional self-attention -> norm -> conditional
-    cross-attention -> norm -> FFN -> norm. After each layer, if ``bbox_embed`` is set (the detector
-    registers its box head here), boxes are refined: ``sigmoid(bbox_embed(q) + inverse_sigmoid(box))``,
-    detached before the next layer. ``query_pos_proj`` of the cross-attention exists only in layer 0.
+    cross-attention's spatial query. Layers are those of `ConditionalDecoder` (Conditional-DETR's). After
+    each layer, if ``bbox_embed`` is set (the detector registers its box head here), boxes are refined:
+    ``sigmoid(bbox_embed(q) + inverse_sigmoid(box))``, detached before the next layer.
     """
 
     def __init__(
@@ -93,23 +87,11 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
         post_norm: bool = True,
         return_intermediate: bool = True,
     ):
-        if batch_first:
-            raise NotImplementedError("DabDetrTransformerDecoder works sequence-first (batch_first=False)")
         activation = activation if activation is not None else nn.PReLU()
-        layer = conditional_decoder_layer(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout,
-                                          activation, operation_order)
-        super().__init__(transformer_layers=layer, num_layers=num_layers)
-        self.return_intermediate = return_intermediate
-        self.embed_dim = embed_dim
-        self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
-        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        super().__init__(embed_dim, num_heads, attn_dropout, feedforward_dim, ffn_dropout, activation,
+                         operation_order, num_layers, batch_first, post_norm, return_intermediate,
+                         ref_point_in=2 * embed_dim, ref_point_out=embed_dim, modulate_hw_attn=modulate_hw_attn)
         self.bbox_embed = None  # set by the detector (shared box head) for iterative anchor refinement
-        self.modulate_hw_attn = modulate_hw_attn
-        if modulate_hw_attn:
-            self.ref_anchor_head = MLP(embed_dim, embed_dim, 2, 2)
-        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-        for layer in self.layers[1:]:
-            layer.attentions[1].query_pos_proj = None
 
     def forward(
         self,
@@ -140,7 +122,7 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
         reference_boxes = anchor_box_embed.sigmoid()
         intermediate_ref_boxes = [reference_boxes]
         c = self.embed_dim
-        for idx, layer in enumerate(self.layers):
+        for idx in range(self.num_layers):
             obj_center = reference_boxes
             # (Q, B, 2C): C/2 channels per box coordinate (detrex hard-codes 128, i.e. C = 256)
             query_sine_embed = get_sine_pos_embed(obj_center, num_pos_feats=c // 2)
@@ -152,19 +134,8 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
                 # channels [:C/2] embed y, [C/2:] embed x (get_sine_pos_embed swaps x and y)
                 query_sine_embed[..., c // 2 :] *= (ref_hw_cond[..., 0] / obj_center[..., 2]).unsqueeze(-1)
                 query_sine_embed[..., : c // 2] *= (ref_hw_cond[..., 1] / obj_center[..., 3]).unsqueeze(-1)
-            query = layer(
-                query,
-                key,
-                value,
-                query_pos=query_pos,
-                key_pos=key_pos,
-                query_sine_embed=query_sine_embed,
-                attn_masks=attn_masks,
-                query_key_padding_mask=query_key_padding_mask,
-                key_padding_mask=key_padding_mask,
-                is_first_layer=(idx == 0),
-                **kwargs,
-            )
+            query = self.run_layer(idx, query, key, value, query_pos, key_pos, query_sine_embed, attn_masks,
+                                   query_key_padding_mask, key_padding_mask, **kwargs)
             if self.bbox_embed is not None:
                 offsets = self.bbox_embed(query)
                 new_reference_boxes = (offsets + inverse_sigmoid(reference_boxes)).sigmoid()
@@ -172,13 +143,9 @@ class DabDetrTransformerDecoder(TransformerLayerSequence):
                     intermediate_ref_boxes.append(new_reference_boxes)
                 reference_boxes = new_reference_boxes.detach()
             if self.return_intermediate:
-                intermediate.append(self.post_norm_layer(query) if self.post_norm_layer is not None else query)
+                intermediate.append(self.normed(query))
 
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        if not self.return_intermediate:
-            intermediate = [query]
-        hidden_states = torch.stack(intermediate).transpose(1, 2)
+        hidden_states = self.stack_outputs(intermediate, query)
         if self.bbox_embed is not None:
             return hidden_states, torch.stack(intermediate_ref_boxes).transpose(1, 2)
         return hidden_states, reference_boxes.unsqueeze(0).transpose(1, 2)
