@@ -376,3 +376,17 @@ def parse_names(value: Optional[str], known: Sequence[str], what: str) -> List[s
     if bad:
         raise SystemExit(f"unknown {what} {bad}; choose from {', '.join(known)}")
     return [k for k in known if k.lower() in wanted]
+
+
+def select_models(args) -> Tuple[List[str], bool, List[str]]:
+    """``--models`` / ``--no-peers`` -> (our model names present in this tree, whether to run the transformers
+    peers, notes for the table footer about what was skipped and why)."""
+    names = parse_names(args.models, list(OUR_MODELS), "model")
+    peers = not args.no_peers and transformers_version() is not None
+    notes = []
+    if not args.no_peers and not peers:
+        notes.append("transformers is not installed: peer rows skipped (pip install transformers)")
+    missing = [n for n in names if find_config(n) is None]
+    if missing:
+        notes.append("not in this tree (skipped): " + ", ".join(missing))
+    return [n for n in names if n not in missing], peers, notes

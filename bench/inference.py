@@ -106,16 +106,8 @@ def main(argv=None):
         args.sizes, args.batch_sizes, args.compile_sizes = "64x96", "1", "64x96"
     sizes = parse_sizes(args.sizes)
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    names = C.parse_names(args.models, list(C.OUR_MODELS), "model")
+    names, peers, notes = C.select_models(args)
     device = torch.device(args.device)
-    peers = not args.no_peers and C.transformers_version() is not None
-    notes = []
-    if not args.no_peers and not peers:
-        notes.append("transformers is not installed: peer rows skipped (pip install transformers)")
-    missing = [n for n in names if C.find_config(n) is None]
-    if missing:
-        notes.append("not in this tree (skipped): " + ", ".join(missing))
-    names = [n for n in names if n not in missing]
 
     print(f"# bench/inference.py on {C.machine_info(device)}")
     print(f"# {' '.join(sys.argv)}")

@@ -97,16 +97,8 @@ def main(argv=None):
     if args.amp == "fp16":
         raise SystemExit("--amp fp16 needs a GradScaler; use --amp bf16")
     b = args.batch_size
-    names = C.parse_names(args.models, list(C.OUR_MODELS), "model")
+    names, peers, notes = C.select_models(args)
     device = torch.device(args.device)
-    peers = not args.no_peers and C.transformers_version() is not None
-    notes = []
-    if not args.no_peers and not peers:
-        notes.append("transformers is not installed: peer rows skipped (pip install transformers)")
-    missing = [n for n in names if C.find_config(n) is None]
-    if missing:
-        notes.append("not in this tree (skipped): " + ", ".join(missing))
-    names = [n for n in names if n not in missing]
 
     print(f"# bench/train_step.py on {C.machine_info(device)}")
     print(f"# {' '.join(sys.argv)}")
