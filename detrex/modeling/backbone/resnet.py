@@ -50,6 +50,14 @@ class CNNBlockBase(nn.Module):
         return self
 
 
+def _projection_shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> Optional[Conv2d]:
+    """1x1 conv + norm projecting the residual when the channel count changes (else None: identity)."""
+    if in_channels == out_channels:
+        return None
+    return Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+                  norm=get_norm(norm, out_channels))
+
+
 class BasicStem(CNNBlockBase):
     """7x7 stride-2 conv + norm + ReLU, then 3x3 stride-2 max-pool (total stride 4)."""
 
@@ -77,17 +85,7 @@ class BasicBlock(CNNBlockBase):
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "BN"):
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=1,
-                stride=stride,
-                bias=False,
-                norm=get_norm(norm, out_channels),
-            )
-        else:
-            self.shortcut = None
+        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
         self.conv1 = Conv2d(
             in_channels,
             out_channels,
@@ -139,17 +137,7 @@ class BottleneckBlock(CNNBlockBase):
         dilation: int = 1,
     ):
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=1,
-                stride=stride,
-                bias=False,
-                norm=get_norm(norm, out_channels),
-            )
-        else:
-            self.shortcut = None
+        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
             in_channels,
