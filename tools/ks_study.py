@@ -9,6 +9,9 @@ seeds, then tabulate and plot their AP with a paired confidence interval.
         --report-dir projects/ks_detr/study/results/dab_hard --jobs 2 --threads 1 --eval-teachers \
         [key=value ...]                       # overrides applied to both arms
 
+    # compute-matched: a KS iteration costs about 1.5x a baseline one, so give the baseline 1.5x the iterations
+    python tools/ks_study.py ... --max-iter 1000 --baseline-max-iter 1500 ...
+
     # AP of a trained KS model's teacher branches, which see the ground truth (as KS-DETR's teacher-attn-accu.png)
     python tools/ks_study.py teachers --config-file <ks config> --checkpoint <model_final.pth> [--output t.json]
 
@@ -111,6 +114,7 @@ class Run:
     seed: int
     config: str
     run_dir: str
+    max_iter: int
 
     @property
     def name(self) -> str:
@@ -222,10 +226,10 @@ def execute_run(run: Run, args, opts: Sequence[str]) -> Optional[str]:
     log_file = os.path.join(run.run_dir, "study_stdout.log")
     info_file = os.path.join(run.run_dir, "study_run.json")
     info = _read_json(info_file, {"wall_s": 0.0})
-    if run_is_finished(run.run_dir, args.max_iter):
+    if run_is_finished(run.run_dir, run.max_iter):
         print(f"[ks_study] {run.name}: already finished, skipped", flush=True)
     else:
-        cmd = train_command(run, args.max_iter, args.eval_period, opts, args.num_gpus)
+        cmd = train_command(run, run.max_iter, args.eval_period, opts, args.num_gpus)
         print(f"[ks_study] {run.name}: training ({'resume' if '--resume' in cmd else 'start'}) -> {run.run_dir}",
               flush=True)
         code, seconds = _call(cmd, log_file, args.threads)
@@ -233,7 +237,7 @@ def execute_run(run: Run, args, opts: Sequence[str]) -> Optional[str]:
         info["command"] = cmd
         with open(info_file, "w") as f:
             json.dump(info, f, indent=1)
-        if code != 0 or not run_is_finished(run.run_dir, args.max_iter):
+        if code != 0 or not run_is_finished(run.run_dir, run.max_iter):
             return f"{run.name}: train_net.py exited with {code} ({_tail(log_file)}); log: {log_file}"
         _, final = final_metrics(read_eval_curves(run.run_dir))
         print(f"[ks_study] {run.name}: done in {seconds:.0f} s, AP {final.get('AP', float('nan')):.2f}", flush=True)
@@ -404,6 +408,7 @@ def collect(runs: Sequence[Run]) -> List[Dict]:
         teachers = _read_json(os.path.join(run.run_dir, "teachers.json"))
         records.append({
             "arm": run.arm, "seed": run.seed, "run_dir": run.run_dir, "iteration": it, "final": final,
+            "max_iter": run.max_iter,
             "curves": curves,
             "wall_s": _read_json(os.path.join(run.run_dir, "study_run.json"), {}).get("wall_s"),
             "teachers": teachers["results"] if teachers else None,
@@ -411,8 +416,14 @@ def collect(runs: Sequence[Run]) -> List[Dict]:
     return records
 
 
-def _finished(records, max_iter):
-    return [r for r in records if r["iteration"] is not None and r["iteration"] >= max_iter - 1]
+def _finished(records):
+    return [r for r in records if r["iteration"] is not None and r["iteration"] >= r["max_iter"] - 1]
+
+
+def arm_iterations(settings: Dict) -> Dict[str, int]:
+    """Iterations per arm: ``max_iter`` for both, unless ``baseline_max_iter`` gives the baseline its own
+    (a compute-matched comparison: a KS iteration costs more than a baseline one)."""
+    return {"ks": settings["max_iter"], "baseline": settings.get("baseline_max_iter", settings["max_iter"])}
 
 
 def summary_rows(records: Sequence[Dict], seeds: Sequence[int]) -> List[Dict]:
@@ -462,7 +473,8 @@ def plot_curves(records: Sequence[Dict], names: Dict[str, str], output: str, met
 def write_report(records: Sequence[Dict], settings: Dict, names: Dict[str, str], report_dir: str) -> str:
     """Write report.md, runs.csv, summary.csv, curves.csv, teachers.csv and curves.png; returns report.md's path."""
     os.makedirs(report_dir, exist_ok=True)
-    done = _finished(records, settings["max_iter"])
+    done = _finished(records)
+    iters = arm_iterations(settings)
     seeds = settings["seeds"]
     rows = summary_rows(done, seeds)
     label = {"ks": names["ks"], "baseline": names["baseline"]}
@@ -504,7 +516,10 @@ def write_report(records: Sequence[Dict], settings: Dict, names: Dict[str, str],
     L.append(f"# {names['ks']} vs {names['baseline']}\n")
     L.append(f"- KS config: `{settings['ks_config']}`")
     L.append(f"- baseline config: `{settings['baseline_config']}`")
-    L.append(f"- seeds: {', '.join(str(s) for s in seeds)}; {settings['max_iter']} iterations, evaluation every "
+    schedule = (f"{iters['ks']} iterations" if iters["ks"] == iters["baseline"] else
+                f"{iters['ks']} iterations for {names['ks']}, {iters['baseline']} for {names['baseline']} "
+                "(each arm's LR schedule spans its own iterations)")
+    L.append(f"- seeds: {', '.join(str(s) for s in seeds)}; {schedule}, evaluation every "
              f"{settings['eval_period']}; overrides for both arms: "
              f"{' '.join(f'`{o}`' for o in settings['opts']) if settings['opts'] else 'none'}")
     L.append(f"- finished runs: {len(done)} of {2 * len(seeds)}; AP = COCO AP x 100 on the config's test split "
@@ -563,7 +578,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks-config", required=True, help="LazyConfig of the KS variant")
     p.add_argument("--baseline-config", required=True, help="LazyConfig of its baseline")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-iter", type=int, required=True)
+    p.add_argument("--max-iter", type=int, required=True, help="training iterations of each run")
+    p.add_argument("--baseline-max-iter", type=int, default=None,
+                   help="the baseline's iterations, if not --max-iter (e.g. to match the KS arm's compute)")
     p.add_argument("--eval-period", type=int, required=True)
     p.add_argument("--output-dir", required=True, help="runs go to <output-dir>/runs/<arm>/seed<k>/")
     p.add_argument("--report-dir", default=None, help="tables and plot (default: --output-dir)")
@@ -581,8 +598,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def study_main(argv: Sequence[str]) -> int:
     args = get_parser().parse_args(argv)
-    if args.max_iter < 1 or args.eval_period < 1 or args.jobs < 1 or args.threads < 1:
-        raise StudyError("--max-iter, --eval-period, --jobs and --threads must be positive")
+    if args.baseline_max_iter is None:
+        args.baseline_max_iter = args.max_iter
+    if min(args.max_iter, args.baseline_max_iter, args.eval_period, args.jobs, args.threads) < 1:
+        raise StudyError("--max-iter, --baseline-max-iter, --eval-period, --jobs and --threads must be positive")
     if len(set(args.seeds)) != len(args.seeds):
         raise StudyError(f"--seeds has duplicates: {args.seeds}")
     opts = [o for o in args.opts if o != "--"]
@@ -593,10 +612,13 @@ def study_main(argv: Sequence[str]) -> int:
     settings = {"ks_config": os.path.relpath(ks_config, _REPO_ROOT),
                 "baseline_config": os.path.relpath(base_config, _REPO_ROOT),
                 "max_iter": args.max_iter, "eval_period": args.eval_period, "opts": opts, "seeds": list(args.seeds)}
+    if args.baseline_max_iter != args.max_iter:  # (absent otherwise, so that earlier studies' study.json still match)
+        settings["baseline_max_iter"] = args.baseline_max_iter
+    iters = arm_iterations(settings)
     runs = []
     for seed in args.seeds:  # interleaved, so that with --jobs 2 both arms of a seed train side by side
         for arm, config in (("ks", ks_config), ("baseline", base_config)):
-            runs.append(Run(arm, seed, config, os.path.join(output_dir, "runs", arm, f"seed{seed}")))
+            runs.append(Run(arm, seed, config, os.path.join(output_dir, "runs", arm, f"seed{seed}"), iters[arm]))
 
     errors = []
     if not args.report_only:

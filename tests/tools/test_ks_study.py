@@ -151,3 +151,22 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     # other settings into the same folder are refused
     assert argv[7] == "--max-iter"
     assert ks_study.main([*argv[:8], "8", *argv[9:]]) == 2
+
+    # compute-matched: the baseline gets its own iterations; finished KS runs copied in are reused, not retrained
+    import shutil
+
+    matched = tmp_path / "matched"
+    shutil.copytree(out / "runs" / "ks" / "seed0", matched / "runs" / "ks" / "seed0")
+    ks_final = matched / "runs" / "ks" / "seed0" / "model_final.pth"
+    ks_mtime = ks_final.stat().st_mtime_ns
+    argv_m = ["--ks-config", str(configs["ks"]), "--baseline-config", str(configs["base"]), "--seeds", "0",
+              "--max-iter", "4", "--baseline-max-iter", "6", "--eval-period", "2", "--output-dir", str(matched),
+              "--jobs", "1", "--threads", "1", "--names", "KS", "BASE", "optimizer.lr=2e-4"]
+    assert ks_study.main(argv_m) == 0
+    assert ks_final.stat().st_mtime_ns == ks_mtime
+    assert "max_iter: 6" in (matched / "runs" / "baseline" / "seed0" / "config.yaml").read_text()
+    assert json.loads((matched / "study.json").read_text())["baseline_max_iter"] == 6
+    with open(matched / "runs.csv") as f:
+        iters = {r["arm"]: int(r["iteration"]) for r in csv.DictReader(f)}
+    assert iters == {"KS": 4, "BASE": 6}  # the last evaluation of each arm (numbered as in metrics.json)
+    assert "4 iterations for KS, 6 for BASE" in (matched / "report.md").read_text()
