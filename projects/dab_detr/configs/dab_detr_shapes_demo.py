@@ -14,12 +14,10 @@
 # * AdamW 5e-4 for all parameters (1e-3 learned markedly slower), warm-up, and x0.1 for the last 15%: the drop
 #   adds about 20 AP;
 # * 2000 training images of the default distribution (configs/common/data/shapes_demo.py), no crop branch.
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
 from detrex.config import LazyCall as L
 from detrex.config import get_config
+from detrex.config.recipes import with_aux_loss_weights
 from detrex.modeling.backbone import BasicStem, ResNet
-from detrex.solver import WarmupParamScheduler
 
 from .models.dab_detr_r50 import model
 
@@ -50,39 +48,18 @@ model.criterion.num_classes = 3
 model.select_box_nums_for_evaluation = 30  # all 10 queries x 3 classes
 
 # auxiliary losses for decoder layers 0 .. L-2 (the last layer is the main output)
-_base = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-model.criterion.weight_dict = {
-    **_base,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers - 1) for k, v in _base.items()},
-}
-
-# -------------------------------------------------------------------------------------------------- data
-dataloader = get_config("common/data/shapes_demo.py").dataloader
-dataloader.train.total_batch_size = 8
-dataloader.evaluator.output_dir = "${train.output_dir}"  # follows a train.output_dir=... override
-
-# ------------------------------------------------------------------------------------------ optimization
-optimizer = get_config("common/optim.py").AdamW
-optimizer.lr = 5e-4  # no backbone LR factor: the backbone learns from scratch too
-optimizer.weight_decay = 1e-4
-
-# linear warm-up over the first 3% (from 0.01x), then 1.0x, then 0.1x for the last 15%
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[17, 20]),
-    warmup_length=0.03,
-    warmup_method="linear",
-    warmup_factor=0.01,
+model.criterion.weight_dict = with_aux_loss_weights(
+    {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, num_aux=model.transformer.decoder.num_layers - 1
 )
 
-train = get_config("common/train.py").train
+# ---------------------------------------------------------------------- data, optimization, schedule
+# the shapes-demo recipe (configs/common/shapes_demo_recipe.py): shapes_demo data at batch 8, AdamW (weight
+# decay 1e-4, no backbone LR factor), warm-up, x0.1 for the last 15%, seed 42, gradient clipping at 0.1
+_recipe = get_config("common/shapes_demo_recipe.py")
+dataloader, optimizer = _recipe.dataloader, _recipe.optimizer
+lr_multiplier, train = _recipe.lr_multiplier, _recipe.train
+optimizer.lr = 5e-4
 train.output_dir = "./output/dab_detr_shapes_demo"
-train.init_checkpoint = ""  # random init: nothing to download
-train.device = "cpu"
-train.seed = 42
 train.max_iter = 2000  # 8 epochs of 2000 images; KS-DAB-DETR: 0.24 s/iter (2 idle cores) .. 0.43 (1 busy core)
 train.eval_period = 1000  # evaluate midway and at the end (a few seconds each)
-train.log_period = 20  # losses, time per iteration and ETA every 20 iterations
 train.checkpointer.period = 1000
-train.clip_grad.enabled = True  # DETR recipe: clip the gradient's L2 norm at 0.1
-train.clip_grad.params.max_norm = 0.1
-train.clip_grad.params.norm_type = 2

@@ -3,9 +3,8 @@ import torch.nn as nn
 
 from detrex.config import LazyCall as L
 from detrex.config import get_config
+from detrex.config.recipes import with_aux_loss_weights
 from detrex.layers import PositionEmbeddingSine
-from detrex.modeling.criterion import SetCriterion
-from detrex.modeling.matcher import HungarianMatcher
 from projects.dab_detr.modeling import (
     DABDETR,
     DabDetrTransformer,
@@ -43,25 +42,7 @@ model = L(DABDETR)(
     embed_dim=256,
     num_classes=80,
     num_queries=300,
-    criterion=L(SetCriterion)(
-        num_classes=80,
-        matcher=L(HungarianMatcher)(
-            cost_class=2.0,
-            cost_bbox=5.0,
-            cost_giou=2.0,
-            cost_class_type="focal_loss_cost",
-            alpha=0.25,
-            gamma=2.0,
-        ),
-        weight_dict={
-            "loss_class": 1,
-            "loss_bbox": 5.0,
-            "loss_giou": 2.0,
-        },
-        loss_class_type="focal_loss",
-        alpha=0.25,
-        gamma=2.0,
-    ),
+    criterion=get_config("common/criterion/focal_set_criterion.py").criterion,  # focal; weights class 1, L1 5, GIoU 2
     aux_loss=True,
     pixel_mean=[123.675, 116.280, 103.530],  # ImageNet RGB mean, 0-255 scale
     pixel_std=[58.395, 57.120, 57.375],
@@ -71,10 +52,6 @@ model = L(DABDETR)(
 )
 
 # Auxiliary losses: one copy of the weights per intermediate decoder layer (suffixes _0 .. _4).
-if model.aux_loss:
-    weight_dict = model.criterion.weight_dict
-    aux_weight_dict = {}
-    for i in range(model.transformer.decoder.num_layers - 1):
-        aux_weight_dict.update({k + f"_{i}": v for k, v in weight_dict.items()})
-    weight_dict.update(aux_weight_dict)
-    model.criterion.weight_dict = weight_dict
+model.criterion.weight_dict = with_aux_loss_weights(
+    model.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers - 1
+)

@@ -4,8 +4,8 @@ import torch.nn as nn
 
 from detrex.config import LazyCall as L
 from detrex.config import get_config
+from detrex.config.recipes import with_aux_loss_weights
 from detrex.layers import PositionEmbeddingSine, ShapeSpec
-from detrex.modeling.matcher import HungarianMatcher
 from detrex.modeling.neck import ChannelMapper
 from projects.deformable_detr.modeling import (
     DeformableCriterion,
@@ -20,6 +20,13 @@ num_feature_levels = 4
 # the FrozenBN ResNet-50 of configs/common/backbone/resnet50.py, strides 8, 16, 32 only (the neck's inputs)
 _backbone = get_config("common/backbone/resnet50.py").backbone
 _backbone.out_features = ["res3", "res4", "res5"]
+
+# the focal-loss criterion of configs/common/criterion/focal_set_criterion.py (weights class 1, L1 5, GIoU 2) as a
+# DeformableCriterion, which also scores the two-stage encoder proposals (as_two_stage=True)
+_criterion = get_config("common/criterion/focal_set_criterion.py").criterion
+_criterion._target_ = DeformableCriterion
+_criterion.weight_dict.loss_class = 1.0  # detrex's Deformable-DETR writes a float (DAB-DETR: the int 1)
+_criterion.losses = ["class", "boxes"]  # the default, written out as in detrex
 
 model = L(DeformableDETR)(
     backbone=_backbone,
@@ -68,26 +75,7 @@ model = L(DeformableDETR)(
     aux_loss=True,
     with_box_refine=False,
     as_two_stage=False,
-    criterion=L(DeformableCriterion)(
-        num_classes=80,
-        matcher=L(HungarianMatcher)(
-            cost_class=2.0,
-            cost_bbox=5.0,
-            cost_giou=2.0,
-            cost_class_type="focal_loss_cost",
-            alpha=0.25,
-            gamma=2.0,
-        ),
-        weight_dict={
-            "loss_class": 1.0,
-            "loss_bbox": 5.0,
-            "loss_giou": 2.0,
-        },
-        losses=["class", "boxes"],
-        loss_class_type="focal_loss",
-        alpha=0.25,
-        gamma=2.0,
-    ),
+    criterion=_criterion,
     pixel_mean=[123.675, 116.280, 103.530],  # ImageNet RGB mean, 0-255 scale
     pixel_std=[58.395, 57.120, 57.375],
     select_box_nums_for_evaluation=300,  # top-300 (query, class) pairs per image at inference
@@ -95,11 +83,6 @@ model = L(DeformableDETR)(
 
 # Auxiliary losses: one copy of the weights per intermediate decoder layer (_0 .. _4) and for the two-stage
 # encoder proposals (_enc; only produced when as_two_stage=True).
-if model.aux_loss:
-    weight_dict = model.criterion.weight_dict
-    aux_weight_dict = {}
-    for i in range(model.transformer.decoder.num_layers - 1):
-        aux_weight_dict.update({k + f"_{i}": v for k, v in weight_dict.items()})
-    aux_weight_dict.update({k + "_enc": v for k, v in weight_dict.items()})
-    weight_dict.update(aux_weight_dict)
-    model.criterion.weight_dict = weight_dict
+model.criterion.weight_dict = with_aux_loss_weights(
+    model.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers - 1, enc=True
+)

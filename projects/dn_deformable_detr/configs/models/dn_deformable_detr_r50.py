@@ -1,6 +1,7 @@
 # DN-Deformable-DETR with a ResNet-50 backbone (detrex `projects/dn_deformable_detr/configs/models/
 # dn_deformable_detr_r50.py`): Deformable-DETR's R50 model (projects/deformable_detr/configs/models/
 # deformable_detr_r50.py) with FFN 2048, no dropout, box refinement (built in), 5 denoising groups, DNCriterion.
+from detrex.config.recipes import with_aux_loss_weights
 from projects.dn_deformable_detr.modeling import (
     DNCriterion,
     DNDeformableDETR,
@@ -38,7 +39,4 @@ _weights = {
     "loss_bbox_dn": 5.0,
     "loss_giou_dn": 2.0,
 }
-model.criterion.weight_dict = {
-    **_weights,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers - 1) for k, v in _weights.items()},
-}
+model.criterion.weight_dict = with_aux_loss_weights(_weights, num_aux=model.transformer.decoder.num_layers - 1)

@@ -17,6 +17,8 @@
 # shapes_val box AP 57 at iteration 1000 and AP 71.0 / AP50 99.8 / AP75 93.8 at the end; --eval-only on
 # model_final.pth gives the same AP. With both cores idle an iteration takes 0.24 s (about 9 minutes in all).
 # On a busy machine, OMP_NUM_THREADS=1 avoids the thread oversubscription that can slow 2 threads 10x or more.
+from detrex.config.recipes import with_aux_loss_weights
+
 from ....dab_detr.configs.dab_detr_shapes_demo import dataloader, lr_multiplier, optimizer, train
 from ....dab_detr.configs.dab_detr_shapes_demo import model as _twin
 
@@ -34,11 +36,9 @@ model.criterion.num_classes = _twin.criterion.num_classes
 model.ksgt.embed_dim = model.embed_dim  # the sMLP works on the encoder's tokens
 
 # 3 decoder layers: pred = teacher 2 (share A) final layer, _0.._2 = student layers, _3 = teacher 1 (share V)
-# final layer; every set gets the base weights (as in the R50 config)
-_base = {k: v for k, v in _twin.criterion.weight_dict.items() if not k[-1].isdigit()}
-model.criterion.weight_dict = {
-    **_base,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers + 1) for k, v in _base.items()},
-}
+# final layer; every set gets the twin's base weights (class 1.0, bbox 5.0, giou 2.0)
+model.criterion.weight_dict = with_aux_loss_weights(
+    _twin.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers + 1
+)
 
 train.output_dir = "./output/ks_dab_detr_shapes_demo"

@@ -5,6 +5,7 @@
 #   python tools/train_net.py \
 #       --config-file projects/ks_detr/configs/ks_deformable_detr/ks_deformable_detr_shapes_demo.py
 from detrex.config import LazyCall as L
+from detrex.config.recipes import with_aux_loss_weights
 from projects.ks_detr.modeling.ks_deformable_detr import KSDeformableDETR
 from projects.ks_detr.modeling.ks_deformable_transformer import (
     KSDeformableDetrTransformer,
@@ -20,10 +21,7 @@ model.transformer.encoder._target_ = KSDeformableDetrTransformerEncoder
 model.transformer.encoder.ks_mode = "triple"
 model.ksgt = L(KSGT)(embed_dim="${..embed_dim}", mask_rule="authors", pad_fg_pixel=0)
 # training sets: _0, _1, _2 = student decoder layers 1-3, _3 = teacher 1 final, unsuffixed = teacher 2 final
-_base = {k: v for k, v in model.criterion.weight_dict.items() if not k[-1].isdigit() and not k.endswith("_enc")}
-model.criterion.weight_dict = {
-    **_base,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers + 1) for k, v in _base.items()},
-    **{f"{k}_enc": v for k, v in _base.items()},
-}
+model.criterion.weight_dict = with_aux_loss_weights(
+    model.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers + 1, enc=True
+)
 train.output_dir = "./output/ks_deformable_detr_shapes_demo"

@@ -4,6 +4,7 @@
 # The authors' equivalent: KS-DETR projects/ks_detr/configs/ks_deformable_detr/models/
 # ks_deformable_detr_r50_smlp_qkv_triple_attn.py
 from detrex.config import LazyCall as L
+from detrex.config.recipes import with_aux_loss_weights
 from projects.ks_detr.modeling.ks_deformable_detr import KSDeformableDETR
 from projects.ks_detr.modeling.ks_deformable_transformer import (
     KSDeformableDetrTransformer,
@@ -24,9 +25,6 @@ model.ksgt = L(KSGT)(embed_dim=256, mask_rule="authors", pad_fg_pixel=0)
 
 # 8 prediction sets in training: pred = teacher 2 (share A) final, aux _0.._5 = student decoder layers,
 # _6 = teacher 1 (share V) final; every set gets the base weights (_enc: two-stage proposals, unused here)
-_base = {k: v for k, v in model.criterion.weight_dict.items() if not k[-1].isdigit() and not k.endswith("_enc")}
-model.criterion.weight_dict = {
-    **_base,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers + 1) for k, v in _base.items()},
-    **{f"{k}_enc": v for k, v in _base.items()},
-}
+model.criterion.weight_dict = with_aux_loss_weights(
+    model.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers + 1, enc=True
+)

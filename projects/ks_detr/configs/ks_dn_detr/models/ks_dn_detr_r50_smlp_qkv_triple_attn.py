@@ -2,6 +2,7 @@
 # plus the KS parts, so changes to the baseline reach this variant.
 # The authors' equivalent: KS-DETR projects/ks_detr/configs/ks_dn_detr/models/ks_dn_detr_r50_smlp_qkv_triple_attn.py
 from detrex.config import LazyCall as L
+from detrex.config.recipes import with_aux_loss_weights
 from projects.ks_detr.modeling import KSDNDETR, KSGT, KSDNDetrTransformer, KSDNDetrTransformerEncoder
 
 from .....dn_detr.configs.models.dn_detr_r50 import model
@@ -18,8 +19,6 @@ model.ksgt = L(KSGT)(embed_dim=256, mask_rule="authors", pad_fg_pixel=0)
 # 8 prediction sets in training, each with a matching and a denoising part: pred = teacher 2 (share A)
 # final, aux _0.._5 = student decoder layers, _6 = teacher 1 (share V) final; every set gets the base
 # weights, denoising ones included (loss_class_dn_6, ...): 48 loss keys
-_base = {k: v for k, v in model.criterion.weight_dict.items() if not k[-1].isdigit()}
-model.criterion.weight_dict = {
-    **_base,
-    **{f"{k}_{i}": v for i in range(model.transformer.decoder.num_layers + 1) for k, v in _base.items()},
-}
+model.criterion.weight_dict = with_aux_loss_weights(
+    model.criterion.weight_dict, num_aux=model.transformer.decoder.num_layers + 1
+)
