@@ -8,16 +8,10 @@ import torch
 import torch.nn as nn
 
 from detrex.config import LazyConfig, instantiate
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet, SetCriterion
-from detrex.modeling.backbone import BasicStem
-from detrex.structures import Boxes, Instances
-from projects.conditional_detr.modeling import (
-    ConditionalDETR,
-    ConditionalDetrTransformer,
-    ConditionalDetrTransformerDecoder,
-    ConditionalDetrTransformerEncoder,
-)
+from detrex.modeling import SetCriterion
+from projects.conditional_detr.modeling import ConditionalDETR, ConditionalDetrTransformer
+from projects.conditional_detr.modeling import ConditionalDetrTransformerDecoder, ConditionalDetrTransformerEncoder
+from tests.projects import model_helpers as mh
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[3]
@@ -27,78 +21,40 @@ CONFIGS = REPO / "projects" / "conditional_detr" / "configs"
 def tiny_model(
     num_classes=5, num_queries=10, dec_layers=3, transformer_cls=ConditionalDetrTransformer, model_cls=ConditionalDETR
 ):
-    weight_dict = {"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-    for i in range(dec_layers - 1):
-        weight_dict.update({f"{k}_{i}": v for k, v in list(weight_dict.items())[:3]})
-    return model_cls(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res5"],
-            freeze_at=1,
-        ),
-        in_features=["res5"],
-        in_channels=64,
-        position_embedding=PositionEmbeddingSine(16, temperature=10000, normalize=True),
-        transformer=transformer_cls(
-            encoder=ConditionalDetrTransformerEncoder(32, 2, 0.0, 64, 0.0, num_layers=2),
-            decoder=ConditionalDetrTransformerDecoder(32, 2, 0.0, 64, 0.0, num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=SetCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
+    weights = mh.weight_dict({"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}, dec_layers - 1)
+    parts = mh.single_scale_parts(10000)  # built first: the seed gives the weights it always did
+    transformer = transformer_cls(
+        encoder=ConditionalDetrTransformerEncoder(32, 2, 0.0, 64, 0.0, num_layers=2),
+        decoder=ConditionalDetrTransformerDecoder(32, 2, 0.0, 64, 0.0, num_layers=dec_layers),
     )
+    return mh.tiny_detector(model_cls, parts, transformer, SetCriterion, weights, num_classes, num_queries)
 
 
-def batch(with_instances=True, sizes=((64, 80), (72, 64))):
-    g = torch.Generator().manual_seed(0)
-    specs = [
-        ([[10.0, 12.0, 40.0, 50.0], [45.0, 5.0, 78.0, 30.0]], [1, 3]),
-        ([[5.0, 30.0, 60.0, 70.0]], [0]),
-    ]
-    items = []
-    for (h, w), (boxes, labels) in zip(sizes, specs):
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": 2 * h, "width": 2 * w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
-
-
-def _keys(num_aux):
-    return {f"loss_{k}{s}" for k in ("class", "bbox", "giou") for s in [""] + [f"_{i}" for i in range(num_aux)]}
+def batch(with_instances=True):
+    """64x80 and 72x64 images (requested at twice their size), padded to 72x80."""
+    return mh.two_image_batch(mh.SMALL, with_instances, scale=2)
 
 
 def test_training_step_losses_and_gradients():
     torch.manual_seed(0)
-    model = tiny_model().train()
-    losses = model(batch())
-    assert set(losses) == _keys(2)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    for name in (
+    model = tiny_model()
+    mh.check_training_step(model, batch(), mh.loss_keys(2))
+    mh.check_grads(model, (
         "class_embed.weight",
         "query_embed.weight",
         "transformer.decoder.ref_point_head.layers.1.weight",
         "transformer.encoder.layers.0.attentions.0.attn.in_proj_weight",
         "backbone.res2.0.conv1.weight",
-    ):
-        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    ))
     assert all(not p.requires_grad for p in model.backbone.stem.parameters())
 
 
 def test_eval_without_instances_returns_detections_at_requested_size():
     torch.manual_seed(0)
-    model = tiny_model().eval()
+    model = tiny_model()
     model.select_box_nums_for_evaluation = 7
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2
-    inst = out[1]["instances"]
-    assert inst.image_size == (144, 128)
-    assert len(inst) <= 7 and set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[1], size=(144, 128), at_most=7)
 
 
 def test_boxes_are_offsets_to_fixed_reference_points():
@@ -134,11 +90,7 @@ class _RecordingTransformer(ConditionalDetrTransformer):
     seen = {}
 
     def forward(self, x, mask, query_embed, pos_embed, **kwargs):
-        type(self).seen = dict(kwargs)
-        x, mask, query_embed, pos = self.flatten_inputs(x, mask, query_embed, pos_embed)
-        memory = self.encode(x, mask, pos, **kwargs)
-        hs, ref = self.decode(memory, mask, pos, query_embed)
-        hs2, ref2 = self.decode(memory * 2, mask, pos, query_embed)
+        (hs, ref), (hs2, ref2) = mh.encode_then_decode_twice(self, x, mask, query_embed, pos_embed, **kwargs)
         assert torch.equal(ref, ref2)  # reference points depend on the queries only
         return torch.cat([hs, hs2[-1:]]), ref
 
@@ -157,7 +109,7 @@ def test_extension_points_extra_inputs_and_more_outputs():
         lambda module, args, kwargs: seen.append(kwargs.get("token_flag")), with_kwargs=True
     )
     losses = model(batch())
-    assert set(losses) == _keys(3)
+    assert set(losses) == mh.loss_keys(3)
     assert _RecordingTransformer.seen == {"token_flag": True} and seen == [True]
     model.eval()
     with torch.no_grad():
@@ -175,37 +127,20 @@ def test_r50_config_training_step_and_eval():
     assert model.query_embed.weight.shape == (300, 256)
     assert isinstance(model.transformer.encoder.layers[0].ffns[0].activation, nn.ReLU)
     assert model.transformer.decoder.layers[0].attentions[0].attn_drop.p == 0.1
-    model.train()
-    losses = model(batch())
-    assert set(losses) == _keys(5)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    mh.check_training_step(model, batch(), mh.loss_keys(5))
     assert model.query_embed.weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2 and len(out[0]["instances"]) == 300
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[0], count=300)
 
 
 @pytest.mark.parametrize(
     "name,depth,init",
-    [
-        ("conditional_detr_r50_50ep", 50, "detectron2://ImageNetPretrained/torchvision/R-50.pkl"),
-        ("conditional_detr_r101_50ep", 101, "output/weights/R-101.pkl"),
-    ],
+    [("conditional_detr_r50_50ep", 50, mh.R50_INIT), ("conditional_detr_r101_50ep", 101, mh.R101_INIT)],
 )
 def test_top_level_configs_hold_the_recipe(name, depth, init):
-    from detrex.solver import backbone_lr_factor
-
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
-    assert cfg.model.backbone.stages.depth == depth
-    assert cfg.train.init_checkpoint == init
-    assert cfg.train.max_iter == 375000 and cfg.train.eval_period == 5000 and cfg.train.checkpointer.period == 5000
-    assert cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
-    assert not cfg.train.amp.enabled
-    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
-    assert cfg.optimizer.params.lr_factor_func is backbone_lr_factor
-    assert cfg.train.output_dir == f"./output/{name}" == cfg.dataloader.evaluator.output_dir
+    mh.check_recipe(cfg, name, depth, init)
+    assert cfg.train.eval_period == 5000 and cfg.train.checkpointer.period == 5000
     assert (
         cfg.model.criterion.weight_dict["loss_giou_4"] == 2.0 and "loss_giou_5" not in cfg.model.criterion.weight_dict
     )

@@ -4,17 +4,13 @@ Dropping the teacher-only weights (``ksgt.*`` and rows 768: of the last encoder 
 turns the authors' KS-Conditional-DETR-R50 checkpoint into a baseline Conditional-DETR one, and the student
 path is then exactly this model. Shared body: tests/projects/parity_helpers.py.
 """
-import pytest
 
 from tests.projects.parity_helpers import ParityCase
 
 CASE = ParityCase("ks_conditional_detr_r50", "projects/conditional_detr/configs/models/conditional_detr_r50.py",
                   multi_scale=False, num_threads=1)
 
-
-@pytest.fixture(scope="module")
-def parity_model():
-    return CASE.build_model(ks_len=566, baseline_len=564)
+parity_model = CASE.model_fixture(ks_len=566, baseline_len=564)
 
 
 def test_state_dict_is_the_authors_baseline_layout(parity_model):

@@ -6,75 +6,39 @@ import pytest
 import torch
 import torch.nn as nn
 
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet, SetCriterion
-from detrex.modeling.backbone import BasicStem
-from detrex.structures import Boxes, Instances
-from projects.dab_detr.modeling import (
-    DABDETR,
-    DabDetrTransformer,
-    DabDetrTransformerDecoder,
-    DabDetrTransformerEncoder,
-)
+from detrex.config import LazyConfig
+from detrex.modeling import SetCriterion
+from projects.dab_detr.modeling import DABDETR, DabDetrTransformer, DabDetrTransformerDecoder, DabDetrTransformerEncoder
+from tests.projects import model_helpers as mh
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[3]
 
 
 def tiny_dab_detr(num_classes=5, num_queries=10, dec_layers=3, transformer_cls=DabDetrTransformer, model_cls=DABDETR):
-    weight_dict = {"loss_class": 1, "loss_bbox": 5.0, "loss_giou": 2.0}
-    for i in range(dec_layers - 1):
-        weight_dict.update({f"{k}_{i}": v for k, v in list(weight_dict.items())[:3]})
-    return model_cls(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res5"],
-            freeze_at=1,
-        ),
-        in_features=["res5"],
-        in_channels=64,
-        position_embedding=PositionEmbeddingSine(16, temperature=20, normalize=True),
-        transformer=transformer_cls(
-            encoder=DabDetrTransformerEncoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=2),
-            decoder=DabDetrTransformerDecoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=SetCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
+    parts = mh.single_scale_parts(20)  # built first: the seed gives the weights it always did
+    transformer = transformer_cls(
+        encoder=DabDetrTransformerEncoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=2),
+        decoder=DabDetrTransformerDecoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=dec_layers),
     )
+    weights = mh.weight_dict(mh.BASE_WEIGHTS, dec_layers - 1)
+    return mh.tiny_detector(model_cls, parts, transformer, SetCriterion, weights, num_classes, num_queries)
 
 
 def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, labels in [
-        ((64, 96), [[10.0, 12.0, 40.0, 50.0], [50.0, 5.0, 90.0, 30.0]], [1, 3]),
-        ((80, 64), [[5.0, 30.0, 60.0, 75.0]], [0]),
-    ]:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": 2 * h, "width": 2 * w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
+    """64x96 and 80x64 images (requested at twice their size), padded to 80x96."""
+    return mh.two_image_batch(mh.WIDE_FIRST, with_instances, scale=2)
 
 
 def test_training_step_losses_and_gradients():
     torch.manual_seed(0)
-    model = tiny_dab_detr().train()
-    losses = model(batch())
-    expected = {f"loss_{k}{s}" for k in ("class", "bbox", "giou") for s in ("", "_0", "_1")}
-    assert set(losses) == expected
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert grads["class_embed.weight"].abs().sum() > 0
-    assert grads["transformer.encoder.layers.0.attentions.0.attn.in_proj_weight"].abs().sum() > 0
-    assert grads["backbone.res2.0.conv1.weight"].abs().sum() > 0
+    model = tiny_dab_detr()
+    mh.check_training_step(model, batch(), mh.loss_keys(2))  # loss_{class,bbox,giou}{,_0,_1}
+    mh.check_grads(model, ("class_embed.weight", "transformer.encoder.layers.0.attentions.0.attn.in_proj_weight",
+                           "backbone.res2.0.conv1.weight"))
     assert all(not p.requires_grad for p in model.backbone.stem.parameters())
     # the anchor-centre "freeze" is the documented no-op: centres still get gradients
-    assert grads["anchor_box_embed.weight"][:, :2].abs().sum() > 0
+    assert model.anchor_box_embed.weight.grad[:, :2].abs().sum() > 0
 
 
 def test_loss_weights_are_applied():
@@ -86,15 +50,10 @@ def test_loss_weights_are_applied():
 
 def test_eval_without_instances_returns_detections_at_requested_size():
     torch.manual_seed(0)
-    model = tiny_dab_detr().eval()
+    model = tiny_dab_detr()
     model.select_box_nums_for_evaluation = 7
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2
-    inst = out[1]["instances"]
-    assert inst.image_size == (160, 128)
-    assert len(inst) <= 7 and set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes"}
-    assert (inst.pred_boxes.tensor[:, 2] <= 128).all() and (inst.pred_boxes.tensor[:, 3] <= 160).all()
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[1], size=(160, 128), at_most=7, inside=True)
 
 
 def test_shared_box_head_and_state_dict_alias():
@@ -115,11 +74,7 @@ class _RecordingTransformer(DabDetrTransformer):
     seen = {}
 
     def forward(self, x, mask, anchor_box_embed, pos_embed, **kwargs):
-        type(self).seen = dict(kwargs)
-        x, mask, anchors, pos = self.flatten_inputs(x, mask, anchor_box_embed, pos_embed)
-        memory = self.encode(x, mask, pos, **kwargs)
-        hs, ref = self.decode(memory, mask, pos, anchors)
-        hs2, ref2 = self.decode(memory * 2, mask, pos, anchors)
+        (hs, ref), (hs2, ref2) = mh.encode_then_decode_twice(self, x, mask, anchor_box_embed, pos_embed, **kwargs)
         return torch.cat([hs, hs2[-2:]]), torch.cat([ref, ref2[-2:]])
 
 
@@ -176,23 +131,10 @@ def test_model_config_builds_baseline_r50():
 
 
 @pytest.mark.parametrize(
-    "name,depth,init",
-    [
-        ("dab_detr_r50_50ep", 50, "detectron2://ImageNetPretrained/torchvision/R-50.pkl"),
-        ("dab_detr_r101_50ep", 101, "output/weights/R-101.pkl"),
-    ],
+    "name,depth,init", [("dab_detr_r50_50ep", 50, mh.R50_INIT), ("dab_detr_r101_50ep", 101, mh.R101_INIT)]
 )
 def test_top_level_configs_hold_the_recipe(name, depth, init):
-    from detrex.config import LazyConfig
-    from detrex.solver import backbone_lr_factor
-
     cfg = LazyConfig.load(str(REPO / f"projects/dab_detr/configs/{name}.py"))
-    assert cfg.model.backbone.stages.depth == depth
-    assert cfg.train.init_checkpoint == init
-    assert cfg.train.max_iter == 375000 and cfg.train.eval_period == 5000 and cfg.train.checkpointer.period == 5000
-    assert cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
-    assert not cfg.train.amp.enabled
-    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
-    assert cfg.optimizer.params.lr_factor_func is backbone_lr_factor
-    assert cfg.train.output_dir == f"./output/{name}" == cfg.dataloader.evaluator.output_dir
+    mh.check_recipe(cfg, name, depth, init)
+    assert cfg.train.eval_period == 5000 and cfg.train.checkpointer.period == 5000
     assert cfg.dataloader.train.num_workers == 16

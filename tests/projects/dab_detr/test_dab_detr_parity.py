@@ -4,23 +4,17 @@ A KS-DAB-DETR-R50 checkpoint becomes a baseline DAB-DETR one by dropping the tea
 and rows 768: of the last encoder layer's packed in-projection); the student path -- which the fixture's
 outputs come from -- is then exactly this model. Shared body: tests/projects/parity_helpers.py.
 """
-import pytest
 
 from tests.projects.parity_helpers import LAST_IN_PROJ, ParityCase
 
 CASE = ParityCase("ks_dab_detr_r50", "projects/dab_detr/configs/models/dab_detr_r50.py", multi_scale=False,
                   num_threads=1)
 
-
-@pytest.fixture(scope="module")
-def parity_model():
-    return CASE.build_model()
+parity_model = CASE.model_fixture()
 
 
 def test_state_dict_is_the_authors_baseline_layout(parity_model):
-    state, _ = CASE.check_layout(parity_model)
-    assert len(state) == 602
-    assert sum(p.numel() for p in parity_model.parameters()) == 43_668_690
+    state, _ = CASE.check_layout(parity_model, num_keys=602, num_params=43_668_690)
     assert state[LAST_IN_PROJ + "weight"].shape == (768, 256)
 
 

@@ -8,73 +8,34 @@ import torch
 import torch.nn as nn
 
 from detrex.config import LazyConfig, instantiate
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet
-from detrex.modeling.backbone import BasicStem
-from detrex.modeling.neck import ChannelMapper
-from detrex.structures import Boxes, Instances
-from projects.deformable_detr.modeling import (
-    DeformableCriterion,
-    DeformableDETR,
-    DeformableDetrTransformer,
-    DeformableDetrTransformerDecoder,
-    DeformableDetrTransformerEncoder,
-    MultiLevelInputs,
-)
+from detrex.modeling import HungarianMatcher
+from projects.deformable_detr.modeling import DeformableCriterion, DeformableDETR, DeformableDetrTransformer
+from projects.deformable_detr.modeling import DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder
+from projects.deformable_detr.modeling import MultiLevelInputs
+from tests.projects import model_helpers as mh
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "deformable_detr" / "configs"
-BASE_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-
-
-def loss_keys(num_aux, enc=False):
-    suffixes = [""] + [f"_{i}" for i in range(num_aux)] + (["_enc"] if enc else [])
-    return {f"loss_{k}{s}" for k in ("class", "bbox", "giou") for s in suffixes}
 
 
 def tiny_model(with_box_refine=False, as_two_stage=False, num_classes=5, num_queries=10, dec_layers=3,
                model_cls=DeformableDETR):
-    weight_dict = dict(BASE_WEIGHTS)
-    for s in [f"_{i}" for i in range(dec_layers - 1)] + ["_enc"]:
-        weight_dict.update({k + s: v for k, v in BASE_WEIGHTS.items()})
-    return model_cls(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res3", "res4", "res5"],
-            freeze_at=1,
-        ),
-        position_embedding=PositionEmbeddingSine(16, temperature=10000, normalize=True, offset=-0.5),
-        neck=ChannelMapper({"res3": 16, "res4": 32, "res5": 64}, ["res3", "res4", "res5"], 32, kernel_size=1,
-                           norm_layer=nn.GroupNorm(8, 32), num_outs=4),
-        transformer=DeformableDetrTransformer(
-            encoder=DeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, num_layers=2),
-            decoder=DeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, num_layers=dec_layers),
-            as_two_stage=as_two_stage,
-            two_stage_num_proposals=num_queries,
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=DeformableCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
-        with_box_refine=with_box_refine,
+    parts = mh.multi_scale_parts()  # built first: the seed gives the weights it always did
+    transformer = DeformableDetrTransformer(
+        encoder=DeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, num_layers=2),
+        decoder=DeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, num_layers=dec_layers),
         as_two_stage=as_two_stage,
+        two_stage_num_proposals=num_queries,
     )
+    weights = mh.weight_dict(mh.BASE_WEIGHTS, dec_layers - 1, enc=True)
+    return mh.tiny_detector(model_cls, parts, transformer, DeformableCriterion, weights, num_classes, num_queries,
+                            with_box_refine=with_box_refine, as_two_stage=as_two_stage)
 
 
 def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, labels in [
-        ((64, 96), [[10.0, 12.0, 40.0, 50.0], [50.0, 5.0, 90.0, 30.0]], [1, 3]),
-        ((80, 64), [[5.0, 30.0, 60.0, 75.0]], [0]),
-    ]:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": 2 * h, "width": 2 * w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
+    """64x96 and 80x64 images (requested at twice their size), padded to 80x96."""
+    return mh.two_image_batch(mh.WIDE_FIRST, with_instances, scale=2)
 
 
 def test_r50_config_training_step_and_eval():
@@ -89,25 +50,14 @@ def test_r50_config_training_step_and_eval():
     layer = model.transformer.encoder.layers[0]
     assert layer.ffns[0].layers[0][0].out_features == 1024 and layer.attentions[0].dropout.p == 0.1
     assert model.position_embedding.temperature == 10000 and model.position_embedding.offset == -0.5
-    model.train()
-    losses = model(batch())
-    assert set(losses) == loss_keys(5)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    grads = dict(model.named_parameters())
-    for name in ("transformer.encoder.layers.0.attentions.0.sampling_offsets.weight",
-                 "transformer.decoder.layers.5.attentions.1.value_proj.weight",
-                 "transformer.reference_points.weight", "query_embedding.weight",
-                 "neck.extra_convs.0.conv.weight", "backbone.res2.0.conv1.weight", "class_embed.0.weight"):
-        assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
+    mh.check_training_step(model, batch(), mh.loss_keys(5))
+    mh.check_grads(model, ("transformer.encoder.layers.0.attentions.0.sampling_offsets.weight",
+                           "transformer.decoder.layers.5.attentions.1.value_proj.weight",
+                           "transformer.reference_points.weight", "query_embedding.weight",
+                           "neck.extra_convs.0.conv.weight", "backbone.res2.0.conv1.weight", "class_embed.0.weight"))
     assert all(p.grad is None for p in model.backbone.stem.parameters())
-    model.eval()
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2
-    inst = out[1]["instances"]
-    assert inst.image_size == (160, 128) and len(inst) == 300
-    assert (inst.pred_boxes.tensor[:, 2] <= 128).all() and (inst.pred_boxes.tensor[:, 3] <= 160).all()
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[1], size=(160, 128), count=300, inside=True)
 
 
 def test_plain_model_shares_one_head_under_every_name():
@@ -132,10 +82,7 @@ def test_box_refine_has_distinct_heads_and_refines_references():
     assert "transformer.decoder.bbox_embed.2.layers.2.weight" in model.state_dict()
     for head in model.bbox_embed:  # make the refinement visible (the last layers start at zero)
         nn.init.normal_(head.layers[-1].weight, std=0.1)
-    model.train()
-    losses = model(batch())
-    assert set(losses) == loss_keys(2)
-    assert all(torch.isfinite(v) for v in losses.values())
+    mh.check_training_step(model, batch(), mh.loss_keys(2), backward=False)
     model.eval()
     images = model.preprocess_image(batch(with_instances=False))
     feats, masks, poses = model.multi_level_inputs(images)
@@ -151,11 +98,7 @@ def test_two_stage_training_step_has_encoder_losses():
     assert not hasattr(model, "query_embedding") and len(model.class_embed) == 4
     assert model.transformer.decoder.class_embed is model.class_embed
     assert all((head.layers[-1].bias == 0).all() for head in model.bbox_embed)
-    model.train()
-    losses = model(batch())
-    assert set(losses) == loss_keys(2, enc=True)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    mh.check_training_step(model, batch(), mh.loss_keys(2, enc=True))
     assert model.transformer.enc_output.weight.grad.abs().sum() > 0
     assert model.transformer.pos_trans.weight.grad.abs().sum() > 0
     model.eval()
@@ -177,7 +120,7 @@ def test_two_stage_needs_box_refine_and_matching_transformer():
 
 def test_encoder_proposal_loss_is_class_agnostic():
     torch.manual_seed(0)
-    crit = DeformableCriterion(3, HungarianMatcher(2.0, 5.0, 2.0), BASE_WEIGHTS)
+    crit = DeformableCriterion(3, HungarianMatcher(2.0, 5.0, 2.0), mh.BASE_WEIGHTS)
     outputs = {"pred_logits": torch.randn(1, 4, 3), "pred_boxes": torch.rand(1, 4, 4) * 0.5 + 0.25,
                "enc_outputs": {"pred_logits": torch.randn(1, 6, 3), "pred_boxes": torch.rand(1, 6, 4) * 0.5 + 0.25}}
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])
@@ -248,28 +191,19 @@ def test_wrong_number_of_levels_is_a_clear_error():
 @pytest.mark.parametrize(
     "name,depth,max_iter,init,refine,two_stage",
     [
-        ("deformable_detr_r50_50ep", 50, 375000, "detectron2://ImageNetPretrained/torchvision/R-50.pkl", False, False),
-        ("deformable_detr_r50_12ep", 50, 90000, "detectron2://ImageNetPretrained/torchvision/R-50.pkl", False, False),
-        ("deformable_detr_r101_50ep", 101, 375000, "output/weights/R-101.pkl", False, False),
-        ("deformable_detr_r101_12ep", 101, 90000, "output/weights/R-101.pkl", False, False),
-        ("deformable_detr_refine_r50_50ep", 50, 375000, "detectron2://ImageNetPretrained/torchvision/R-50.pkl",
-         True, False),
-        ("deformable_detr_two_stage_r50_50ep", 50, 375000, "detectron2://ImageNetPretrained/torchvision/R-50.pkl",
-         True, True),
+        ("deformable_detr_r50_50ep", 50, 375000, mh.R50_INIT, False, False),
+        ("deformable_detr_r50_12ep", 50, 90000, mh.R50_INIT, False, False),
+        ("deformable_detr_r101_50ep", 101, 375000, mh.R101_INIT, False, False),
+        ("deformable_detr_r101_12ep", 101, 90000, mh.R101_INIT, False, False),
+        ("deformable_detr_refine_r50_50ep", 50, 375000, mh.R50_INIT, True, False),
+        ("deformable_detr_two_stage_r50_50ep", 50, 375000, mh.R50_INIT, True, True),
     ],
 )
 def test_top_level_configs_hold_the_recipe(name, depth, max_iter, init, refine, two_stage):
-    from detrex.solver import backbone_lr_factor
-
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
-    assert cfg.model.backbone.stages.depth == depth
-    assert cfg.train.init_checkpoint == init and cfg.train.max_iter == max_iter
+    mh.check_recipe(cfg, name, depth, init, max_iter=max_iter)
     assert cfg.model.with_box_refine is refine
     assert cfg.model.as_two_stage is two_stage and cfg.model.transformer.as_two_stage is two_stage
-    assert cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1 and not cfg.train.amp.enabled
-    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
-    assert cfg.optimizer.params.lr_factor_func is backbone_lr_factor
-    assert cfg.train.output_dir == f"./output/{name}" == cfg.dataloader.evaluator.output_dir
     multiplier = instantiate(cfg.lr_multiplier)
     # the single x0.1 step: epoch 40 of 50, or epoch 11 of 12
     drop = 300000 if max_iter == 375000 else 82500

@@ -6,23 +6,17 @@ A KS checkpoint becomes a baseline Deformable-DETR one by dropping the teacher-o
 path -- which the fixture's outputs come from -- is then exactly this model. Shared body:
 tests/projects/parity_helpers.py.
 """
-import pytest
 
 from tests.projects.parity_helpers import ParityCase
 
 CASE = ParityCase("ks_deformable_detr_r50", "projects/deformable_detr/configs/models/deformable_detr_r50.py",
                   multi_scale=True, num_threads=2)
 
-
-@pytest.fixture(scope="module")
-def parity_model():
-    return CASE.build_model(ks_len=567)
+parity_model = CASE.model_fixture(ks_len=567)
 
 
 def test_state_dict_is_the_authors_baseline_layout(parity_model):
-    state, entries = CASE.check_layout(parity_model)
-    assert len(state) == 561
-    assert sum(p.numel() for p in parity_model.parameters()) == 40_066_838
+    state, entries = CASE.check_layout(parity_model, num_keys=561, num_params=40_066_838)
     # one shared head registered six times, as in the checkpoint's "canonical" column
     shared = {e["key"]: e["canonical"] for e in entries if e["key"].startswith("class_embed.")}
     assert set(shared.values()) == {"class_embed.0.weight", "class_embed.0.bias"}

@@ -6,106 +6,55 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 from detrex.config import LazyConfig, instantiate
-from detrex.layers import PositionEmbeddingSine, get_sine_pos_embed
-from detrex.modeling import HungarianMatcher, ResNet
-from detrex.modeling.backbone import BasicStem
+from detrex.layers import get_sine_pos_embed
 from detrex.modeling.criterion.dn_criterion import DNCriterion
-from detrex.modeling.neck import ChannelMapper
-from detrex.structures import Boxes, Instances
-from projects.dn_deformable_detr.modeling import (
-    DNDeformableDETR,
-    DNDeformableDetrTransformer,
-    DNDeformableDetrTransformerDecoder,
-    DNDeformableDetrTransformerEncoder,
-)
+from projects.dn_deformable_detr.modeling import DNDeformableDETR, DNDeformableDetrTransformer
+from projects.dn_deformable_detr.modeling import DNDeformableDetrTransformerDecoder, DNDeformableDetrTransformerEncoder
+from tests.projects import model_helpers as mh
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "dn_deformable_detr" / "configs"
-BASE_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-DN_WEIGHTS = {"loss_class_dn": 1.0, "loss_bbox_dn": 5.0, "loss_giou_dn": 2.0}
 
 
 def loss_keys(num_aux):
-    suffixes = [""] + [f"_{i}" for i in range(num_aux)]
-    return {f"loss_{k}{d}{s}" for k in ("class", "bbox", "giou") for d in ("", "_dn") for s in suffixes}
+    return mh.loss_keys(num_aux, denoising=True)
 
 
 def tiny_model(num_classes=5, num_queries=10, dec_layers=3, groups=3):
-    weight_dict = dict(BASE_WEIGHTS, **DN_WEIGHTS)
-    base = dict(weight_dict)
-    for i in range(dec_layers - 1):
-        weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
-    return DNDeformableDETR(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res3", "res4", "res5"],
-            freeze_at=1,
-        ),
-        position_embedding=PositionEmbeddingSine(16, temperature=10000, normalize=True, offset=-0.5),
-        neck=ChannelMapper({"res3": 16, "res4": 32, "res5": 64}, ["res3", "res4", "res5"], 32, kernel_size=1,
-                           norm_layer=nn.GroupNorm(8, 32), num_outs=4),
-        transformer=DNDeformableDetrTransformer(
-            encoder=DNDeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
-                                                       num_layers=2),
-            decoder=DNDeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
-                                                       num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=DNCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
-        denoising_groups=groups,
+    parts = mh.multi_scale_parts()  # built first: the seed gives the weights it always did
+    transformer = DNDeformableDetrTransformer(
+        encoder=DNDeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
+                                                   num_layers=2),
+        decoder=DNDeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
+                                                   num_layers=dec_layers),
     )
+    weights = mh.weight_dict(dict(mh.BASE_WEIGHTS, **mh.DN_WEIGHTS), dec_layers - 1)
+    return mh.tiny_detector(DNDeformableDETR, parts, transformer, DNCriterion, weights, num_classes, num_queries,
+                            denoising_groups=groups)
 
 
 def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, labels in [
-        ((64, 80), [[10.0, 12.0, 40.0, 50.0], [45.0, 5.0, 78.0, 30.0]], [1, 3]),
-        ((72, 64), [[5.0, 30.0, 60.0, 70.0]], [0]),
-    ]:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
+    """64x80 and 72x64 images, padded to 72x80."""
+    return mh.two_image_batch(mh.SMALL, with_instances)
 
 
 def test_r50_config_training_step_and_eval():
-    torch.manual_seed(0)
-    cfg = LazyConfig.load(str(CONFIGS / "models" / "dn_deformable_detr_r50.py"))
-    wd = cfg.model.criterion.weight_dict
-    assert wd["loss_class_dn_4"] == 1.0 and wd["loss_bbox_dn"] == 5.0 and "loss_giou_dn_5" not in wd
-    model = instantiate(cfg.model)
-    assert isinstance(model, DNDeformableDETR) and isinstance(model.criterion, DNCriterion)
-    gen = model.denoising_generator
-    assert gen.label_encoder.weight.shape == (81, 255)
-    assert (gen.denoising_groups, gen.label_noise_prob, gen.box_noise_scale, gen.with_indicator) == (5, 0.2, 0.4, True)
+    model = mh.build_dn_r50(CONFIGS / "models" / "dn_deformable_detr_r50.py", DNDeformableDETR)
     assert model.tgt_embed.weight.shape == (300, 255) and model.refpoint_embed.weight.shape == (300, 4)
     layer = model.transformer.decoder.layers[0]
     assert layer.ffns[0].layers[0][0].out_features == 2048 and layer.attentions[1].dropout.p == 0.0
-    model.train()
-    losses = model(batch())
-    assert set(losses) == loss_keys(5)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    params = dict(model.named_parameters())
-    for name in ("denoising_generator.label_encoder.weight", "tgt_embed.weight", "refpoint_embed.weight",
-                 "transformer.decoder.ref_point_head.layers.0.weight", "transformer.decoder.query_scale.layers.0.weight",
-                 "transformer.encoder.layers.0.attentions.0.value_proj.weight", "class_embed.5.weight"):
-        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    mh.check_training_step(model, batch(), loss_keys(5))
+    mh.check_grads(model, (
+        "denoising_generator.label_encoder.weight", "tgt_embed.weight", "refpoint_embed.weight",
+        "transformer.decoder.ref_point_head.layers.0.weight", "transformer.decoder.query_scale.layers.0.weight",
+        "transformer.encoder.layers.0.attentions.0.value_proj.weight", "class_embed.5.weight"))
     # named "transformer.decoder.bbox_embed.5..." first; its earlier layers get no gradient while the last is zero
     assert model.bbox_embed[5].layers[-1].weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2 and len(out[1]["instances"]) == 300
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[1], count=300)
 
 
 def test_heads_aliases_and_initialisation():
@@ -200,14 +149,7 @@ def test_two_stage_is_rejected_clearly():
 @pytest.mark.parametrize("name,max_iter,drop", [("dn_deformable_detr_r50_50ep", 375000, 300000),
                                                 ("dn_deformable_detr_r50_12ep", 90000, 82500)])
 def test_top_level_configs_hold_the_recipe(name, max_iter, drop):
-    from detrex.solver import backbone_lr_factor
-
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
-    assert cfg.model.backbone.stages.depth == 50
-    assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
-    assert cfg.train.max_iter == max_iter and cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
-    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
-    assert cfg.optimizer.params.lr_factor_func is backbone_lr_factor
-    assert cfg.train.output_dir == f"./output/{name}" == cfg.dataloader.evaluator.output_dir
+    mh.check_recipe(cfg, name, 50, mh.R50_INIT, max_iter=max_iter)
     multiplier = instantiate(cfg.lr_multiplier)
     assert multiplier((drop - 1) / max_iter) == 1.0 and multiplier((drop + 1) / max_iter) == pytest.approx(0.1)

@@ -6,7 +6,6 @@ A KS checkpoint becomes a baseline DN-Deformable-DETR one by dropping the teache
 The student path -- which the fixture's outputs come from -- is then exactly this model. Shared body:
 tests/projects/parity_helpers.py.
 """
-import pytest
 
 from tests.projects.parity_helpers import ParityCase
 
@@ -14,16 +13,11 @@ CASE = ParityCase("ks_dn_deformable_detr_r50",
                   "projects/dn_deformable_detr/configs/models/dn_deformable_detr_r50.py",
                   multi_scale=True, num_threads=2)
 
-
-@pytest.fixture(scope="module")
-def parity_model():
-    return CASE.build_model(ks_len=611)
+parity_model = CASE.model_fixture(ks_len=611)
 
 
 def test_state_dict_is_the_authors_baseline_layout(parity_model):
-    state, entries = CASE.check_layout(parity_model)
-    assert len(state) == 605
-    assert sum(p.numel() for p in parity_model.parameters()) == 47_409_387
+    state, entries = CASE.check_layout(parity_model, num_keys=605, num_params=47_409_387)
     # per-layer box heads, also registered as the decoder's refinement heads (the checkpoint's aliases)
     aliases = {e["key"]: e["canonical"] for e in entries if e["key"].startswith("transformer.decoder.bbox_embed.")}
     assert aliases["transformer.decoder.bbox_embed.3.layers.1.bias"] == "bbox_embed.3.layers.1.bias"

@@ -7,85 +7,43 @@ import pytest
 import torch
 import torch.nn as nn
 
-from detrex.config import LazyConfig, instantiate
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet
-from detrex.modeling.backbone import BasicStem
+from detrex.config import LazyConfig
 from detrex.modeling.criterion.dn_criterion import DNCriterion
-from detrex.structures import Boxes, Instances
 from projects.dab_detr.modeling import DabDetrTransformerDecoder, DabDetrTransformerEncoder
 from projects.dn_detr.modeling import DNDETR, DNDetrTransformer
+from tests.projects import model_helpers as mh
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "projects" / "dn_detr" / "configs"
-BASE_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-DN_WEIGHTS = {"loss_class_dn": 1.0, "loss_bbox_dn": 5.0, "loss_giou_dn": 2.0}
 
 
 def tiny_model(num_classes=5, num_queries=10, dec_layers=3, groups=3):
-    weight_dict = dict(BASE_WEIGHTS, **DN_WEIGHTS)
-    base = dict(weight_dict)
-    for i in range(dec_layers - 1):
-        weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
-    return DNDETR(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res5"],
-            freeze_at=1,
-        ),
-        in_features=["res5"],
-        in_channels=64,
-        position_embedding=PositionEmbeddingSine(16, temperature=20, normalize=True),
-        transformer=DNDetrTransformer(
-            encoder=DabDetrTransformerEncoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=2),
-            decoder=DabDetrTransformerDecoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=DNCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
-        freeze_anchor_box_centers=False,
-        denoising_groups=groups,
+    parts = mh.single_scale_parts(20)  # built first: the seed gives the weights it always did
+    transformer = DNDetrTransformer(
+        encoder=DabDetrTransformerEncoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=2),
+        decoder=DabDetrTransformerDecoder(32, 2, feedforward_dim=64, activation=nn.PReLU(), num_layers=dec_layers),
     )
+    weights = mh.weight_dict(dict(mh.BASE_WEIGHTS, **mh.DN_WEIGHTS), dec_layers - 1)
+    return mh.tiny_detector(DNDETR, parts, transformer, DNCriterion, weights, num_classes, num_queries,
+                            freeze_anchor_box_centers=False, denoising_groups=groups)
 
 
 def batch(with_instances=True, empty=False):
-    g = torch.Generator().manual_seed(0)
-    specs = [
-        ((64, 80), [[10.0, 12.0, 40.0, 50.0], [45.0, 5.0, 78.0, 30.0]], [1, 3]),
-        ((72, 64), [[5.0, 30.0, 60.0, 70.0]], [0]),
-    ]
-    items = []
-    for (h, w), boxes, labels in specs:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": h, "width": w}
-        if with_instances:
-            if empty:
-                boxes, labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-            x["instances"] = Instances(
-                (h, w), gt_boxes=Boxes(torch.as_tensor(boxes)), gt_classes=torch.as_tensor(labels)
-            )
-        items.append(x)
-    return items
+    """64x80 and 72x64 images, padded to 72x80; ``empty``: instances without boxes."""
+    return mh.two_image_batch(mh.SMALL, with_instances, empty=empty)
 
 
 def _keys(num_aux):
-    suffixes = [""] + [f"_{i}" for i in range(num_aux)]
-    return {f"loss_{k}{d}{s}" for k in ("class", "bbox", "giou") for d in ("", "_dn") for s in suffixes}
+    return mh.loss_keys(num_aux, denoising=True)
 
 
 def test_training_step_has_denoising_losses_and_gradients():
     torch.manual_seed(0)
-    model = tiny_model().train()
-    losses = model(batch())
-    assert set(losses) == _keys(2)
-    assert all(torch.isfinite(v) for v in losses.values())
+    model = tiny_model()
+    losses = mh.check_training_step(model, batch(), _keys(2))
     assert losses["loss_bbox_dn"] > 0 and losses["loss_class_dn_1"] > 0
-    sum(losses.values()).backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    for name in ("denoising_generator.label_encoder.weight", "anchor_box_embed.weight", "class_embed.weight"):
-        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    mh.check_grads(model, ("denoising_generator.label_encoder.weight", "anchor_box_embed.weight", "class_embed.weight"))
 
 
 def test_loss_weights_apply_to_denoising_keys():
@@ -129,21 +87,19 @@ def test_matching_queries_do_not_see_denoising_queries():
 
 def test_batch_without_ground_truth_trains_with_zero_dn_losses():
     torch.manual_seed(0)
-    model = tiny_model().train()
-    losses = model(batch(empty=True))
-    assert set(losses) == _keys(2)
+    model = tiny_model()
+    losses = mh.check_training_step(model, batch(empty=True), _keys(2), backward=False)
     assert all(losses[k] == 0 for k in losses if "_dn" in k)
-    assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_eval_without_instances():
     torch.manual_seed(0)
-    model = tiny_model().eval()
+    model = tiny_model()
     model.select_box_nums_for_evaluation = 7
+    out = mh.eval_without_instances(model, batch(with_instances=False))
     with torch.no_grad():
-        out = model(batch(with_instances=False))
         raw = model.forward_raw(model.preprocess_image(batch(with_instances=False)))
-    assert len(out) == 2 and len(out[0]["instances"]) <= 7
+    mh.check_detections(out[0], at_most=7)
     assert raw["pred_logits"].shape == (2, 10, 5) and raw["denoising_output"] is None
 
 
@@ -158,43 +114,18 @@ def test_state_dict_order_and_shapes():
 
 
 def test_r50_config_training_step_and_eval():
-    torch.manual_seed(0)
-    cfg = LazyConfig.load(str(CONFIGS / "models" / "dn_detr_r50.py"))
-    wd = cfg.model.criterion.weight_dict
-    assert wd["loss_class_dn_4"] == 1.0 and wd["loss_bbox_dn"] == 5.0 and "loss_giou_dn_5" not in wd
-    model = instantiate(cfg.model)
-    assert isinstance(model, DNDETR) and isinstance(model.criterion, DNCriterion)
-    gen = model.denoising_generator
-    assert gen.label_encoder.weight.shape == (81, 255)
-    assert (gen.denoising_groups, gen.label_noise_prob, gen.box_noise_scale, gen.with_indicator) == (5, 0.2, 0.4, True)
+    model = mh.build_dn_r50(CONFIGS / "models" / "dn_detr_r50.py", DNDETR)
     assert model.position_embedding.temperature == 20
-    model.train()
-    losses = model(batch())
-    assert set(losses) == _keys(5)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    mh.check_training_step(model, batch(), _keys(5))
     assert model.denoising_generator.label_encoder.weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        out = model(batch(with_instances=False))
-    assert len(out) == 2 and len(out[1]["instances"]) == 300
+    out = mh.eval_without_instances(model, batch(with_instances=False))
+    mh.check_detections(out[1], count=300)
 
 
 @pytest.mark.parametrize(
-    "name,depth,init",
-    [
-        ("dn_detr_r50_50ep", 50, "detectron2://ImageNetPretrained/torchvision/R-50.pkl"),
-        ("dn_detr_r101_50ep", 101, "output/weights/R-101.pkl"),
-    ],
+    "name,depth,init", [("dn_detr_r50_50ep", 50, mh.R50_INIT), ("dn_detr_r101_50ep", 101, mh.R101_INIT)]
 )
 def test_top_level_configs_hold_the_recipe(name, depth, init):
-    from detrex.solver import backbone_lr_factor
-
     cfg = LazyConfig.load(str(CONFIGS / f"{name}.py"))
-    assert cfg.model.backbone.stages.depth == depth
-    assert cfg.train.init_checkpoint == init
-    assert cfg.train.max_iter == 375000 and cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
-    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
-    assert cfg.optimizer.params.lr_factor_func is backbone_lr_factor
-    assert cfg.train.output_dir == f"./output/{name}" == cfg.dataloader.evaluator.output_dir
+    mh.check_recipe(cfg, name, depth, init)
     assert cfg.model.freeze_anchor_box_centers is False

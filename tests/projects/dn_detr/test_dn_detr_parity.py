@@ -4,7 +4,6 @@ Dropping the teacher-only weights (``ksgt.*`` and rows 768: of the last encoder 
 turns the authors' KS-DN-DETR-R50 checkpoint into a baseline DN-DETR one; at eval there are no denoising
 queries, and the student path is then exactly this model. Shared body: tests/projects/parity_helpers.py.
 """
-import pytest
 import torch
 
 from tests.projects.parity_helpers import ParityCase
@@ -12,10 +11,7 @@ from tests.projects.parity_helpers import ParityCase
 CASE = ParityCase("ks_dn_detr_r50", "projects/dn_detr/configs/models/dn_detr_r50.py", multi_scale=False,
                   num_threads=1)
 
-
-@pytest.fixture(scope="module")
-def parity_model():
-    return CASE.build_model(ks_len=605, baseline_len=603)
+parity_model = CASE.model_fixture(ks_len=605, baseline_len=603)
 
 
 def test_state_dict_is_the_authors_baseline_layout(parity_model):

@@ -13,35 +13,22 @@ from omegaconf import OmegaConf
 
 from detrex.config import LazyConfig, instantiate
 from detrex.config.targets import target_to_string
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet
-from detrex.modeling.backbone import BasicStem
-from detrex.modeling.neck import ChannelMapper
 from detrex.structures import Boxes, Instances
-from projects.deformable_detr.modeling import (
-    DeformableCriterion,
-    DeformableDETR,
-    DeformableDetrTransformer,
-    DeformableDetrTransformerDecoder,
-    DeformableDetrTransformerEncoder,
-)
+from projects.deformable_detr.modeling import DeformableCriterion, DeformableDETR, DeformableDetrTransformer
+from projects.deformable_detr.modeling import DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder
 from projects.ks_detr.modeling.checkpoint import convert_ks_to_baseline
-from projects.ks_detr.modeling.deformable_triple_attention import (
-    KSDeformableTripleAttnEncoderLayer,
-    KSMultiScaleTripleAttention,
-)
+from projects.ks_detr.modeling.deformable_triple_attention import KSDeformableTripleAttnEncoderLayer
+from projects.ks_detr.modeling.deformable_triple_attention import KSMultiScaleTripleAttention
 from projects.ks_detr.modeling.ks_deformable_detr import KSDeformableDETR
-from projects.ks_detr.modeling.ks_deformable_transformer import (
-    KSDeformableDetrTransformer,
-    KSDeformableDetrTransformerEncoder,
-)
+from projects.ks_detr.modeling.ks_deformable_transformer import KSDeformableDetrTransformer
+from projects.ks_detr.modeling.ks_deformable_transformer import KSDeformableDetrTransformerEncoder
 from projects.ks_detr.modeling.smlp import KSGT
+from tests.projects import model_helpers as mh
+from tests.projects.ks_detr.multi_scale_helpers import build_ks_r50, eval_ignoring_teacher_weights
+from tests.projects.ks_detr.multi_scale_helpers import training_step_with_config_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CFG = os.path.join(ROOT, "projects/ks_detr/configs/ks_deformable_detr")
-R50 = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
-R101 = "output/weights/R-101.pkl"
-BASE_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 LAST_ATTN = "transformer.encoder.layers.{}.attentions.0."
 
 
@@ -49,73 +36,33 @@ def _name(target):
     return target_to_string(target).rsplit(".", 1)[-1]
 
 
-def loss_keys(num_aux):
-    return {f"loss_{k}{s}" for k in ("class", "bbox", "giou") for s in [""] + [f"_{i}" for i in range(num_aux)]}
-
-
 def batch(with_instances=True):
     """Two small images (64x80 with two boxes, 72x64 with one), padded to 72x80."""
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, labels in [
-        ((64, 80), [[10.0, 12.0, 40.0, 50.0], [45.0, 5.0, 78.0, 30.0]], [1, 3]),
-        ((72, 64), [[5.0, 30.0, 60.0, 70.0]], [0]),
-    ]:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
+    return mh.two_image_batch(mh.SMALL, with_instances)
 
 
 def tiny_model(ks=True, num_classes=5, num_queries=8, dec_layers=3, dropout=0.0, with_box_refine=False):
     """A 4-level, 32-channel (KS-)Deformable-DETR; same seed gives the same weights for both classes."""
     torch.manual_seed(0)
-    base = dict(BASE_WEIGHTS)
-    weight_dict = dict(base)
-    for i in range(dec_layers + (1 if ks else -1)):
-        weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
+    weights = mh.weight_dict(mh.BASE_WEIGHTS, dec_layers + (1 if ks else -1))
     enc_cls = KSDeformableDetrTransformerEncoder if ks else DeformableDetrTransformerEncoder
-    kwargs = dict(
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res3", "res4", "res5"],
-            freeze_at=1,
-        ),
-        position_embedding=PositionEmbeddingSine(16, temperature=10000, normalize=True, offset=-0.5),
-        neck=ChannelMapper({"res3": 16, "res4": 32, "res5": 64}, ["res3", "res4", "res5"], 32, kernel_size=1,
-                           norm_layer=nn.GroupNorm(8, 32), num_outs=4),
-        transformer=(KSDeformableDetrTransformer if ks else DeformableDetrTransformer)(
-            encoder=enc_cls(32, 2, feedforward_dim=64, attn_dropout=dropout, ffn_dropout=dropout, num_layers=2),
-            decoder=DeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=dropout,
-                                                     ffn_dropout=dropout, num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=DeformableCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
-        with_box_refine=with_box_refine,
+    parts = mh.multi_scale_parts()
+    transformer = (KSDeformableDetrTransformer if ks else DeformableDetrTransformer)(
+        encoder=enc_cls(32, 2, feedforward_dim=64, attn_dropout=dropout, ffn_dropout=dropout, num_layers=2),
+        decoder=DeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=dropout,
+                                                 ffn_dropout=dropout, num_layers=dec_layers),
     )
     if ks:
-        return KSDeformableDETR(ksgt=KSGT(32), **kwargs)
-    return DeformableDETR(**kwargs)
-
-
-def teacher_only_params(model):
-    layer = model.transformer.encoder.layers[-1].attentions[0]
-    return [*model.ksgt.parameters(), *layer.attention_weights_teacher.parameters(),
-            *layer.value_proj_teacher.parameters()]
+        return mh.tiny_detector(KSDeformableDETR, parts, transformer, DeformableCriterion, weights, num_classes,
+                                num_queries, with_box_refine=with_box_refine, ksgt=KSGT(32))
+    return mh.tiny_detector(DeformableDETR, parts, transformer, DeformableCriterion, weights, num_classes,
+                            num_queries, with_box_refine=with_box_refine)
 
 
 # ----------------------------------------------------------------------------------------- R50 from its config
 def test_r50_config_training_step_and_gt_free_eval():
-    cfg = LazyConfig.load(os.path.join(CFG, "ks_deformable_detr_r50_12ep_smlp_qkv_triple_attn.py"))
-    torch.manual_seed(0)
-    model = instantiate(cfg.model)
-    assert type(model) is KSDeformableDETR
-    layer = model.transformer.encoder.layers[5].attentions[0]
-    assert isinstance(layer, KSMultiScaleTripleAttention)
+    cfg, model, layer = build_ks_r50(os.path.join(CFG, "ks_deformable_detr_r50_12ep_smlp_qkv_triple_attn.py"),
+                                     KSDeformableDETR)
     regular = model.transformer.encoder.layers[:5]
     assert not any(isinstance(m.attentions[0], KSMultiScaleTripleAttention) for m in regular)
     # init (§4.4): the teacher weight projection ends up xavier (the transformer's re-init), not zero
@@ -124,37 +71,15 @@ def test_r50_config_training_step_and_gt_free_eval():
     assert torch.count_nonzero(layer.attention_weights_teacher.bias) == 0
     assert torch.count_nonzero(layer.attention_weights.weight) == 0  # the student's stays zero
 
-    model.train()
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    losses = model(batch())
-    assert set(losses) == loss_keys(7)  # 24 keys: 6 student layers, teacher 1 (_6), teacher 2 (no suffix)
-    assert all(torch.isfinite(v) for v in losses.values())
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    for name, p in [("sMLP", model.ksgt.smlp_module.token_split_conv.linear[0].weight),
-                    ("attention_weights_teacher", layer.attention_weights_teacher.weight),
-                    ("value_proj_teacher", layer.value_proj_teacher.weight),
-                    ("student value_proj", layer.value_proj.weight)]:
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    optimizer.step()
+    # 24 keys: 6 student layers, teacher 1 (_6), teacher 2 (no suffix)
+    training_step_with_config_optimizer(cfg, model, batch(), mh.loss_keys(7),
+                                        **{"student value_proj": layer.value_proj.weight})
 
-    model.eval()
-    inputs = batch(with_instances=False)
-    with torch.no_grad():
-        results = model(inputs)
-        raw = model.forward_raw(model.preprocess_image(inputs), None)
+    # eval at the requested sizes; teacher-only weights do not change eval outputs
+    results, raw = eval_ignoring_teacher_weights(model, batch(with_instances=False))
     assert [r["instances"].image_size for r in results] == [(64, 80), (72, 64)]
     assert all(len(r["instances"]) > 0 for r in results)
     assert len(raw["aux_outputs"]) == 5  # student decoder layers only
-
-    # teacher-only weights do not change eval outputs
-    with torch.no_grad():
-        for p in teacher_only_params(model):
-            p.add_(torch.randn_like(p))
-        raw2 = model.forward_raw(model.preprocess_image(inputs), None)
-    assert torch.equal(raw["pred_logits"], raw2["pred_logits"])
-    assert torch.equal(raw["pred_boxes"], raw2["pred_boxes"])
 
 
 # ------------------------------------------------------------------------------------- the triple layer
@@ -324,7 +249,7 @@ def test_configs(depth, epochs, ks):
     assert m.transformer.encoder.feedforward_dim == 1024 and m.transformer.encoder.attn_dropout == 0.1
     assert m.with_box_refine is False and m.as_two_stage is False and m.neck.num_outs == 4
     assert m.backbone.stages.depth == depth
-    assert cfg.train.init_checkpoint == (R50 if depth == 50 else R101)
+    assert cfg.train.init_checkpoint == (mh.R50_INIT if depth == 50 else mh.R101_INIT)
     # recipe (§7.1): 12/24ep differ from 50ep only in the schedule
     max_iter, drop = SCHEDULES[epochs]
     assert cfg.train.max_iter == max_iter
@@ -383,10 +308,7 @@ def test_shapes_demo_model_trains_and_evaluates():
     inputs = [{"image": torch.randint(0, 256, (3, 128, 150), generator=g, dtype=torch.uint8),
                "instances": Instances((128, 150), gt_boxes=Boxes(torch.tensor([[10.0, 12.0, 60.0, 58.0]])),
                                       gt_classes=torch.tensor([2]))} for _ in range(2)]
-    losses = model(inputs)
-    assert set(losses) == {k for k in cfg.model.criterion.weight_dict if not k.endswith("_enc")}
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    mh.check_training_step(model, inputs, {k for k in cfg.model.criterion.weight_dict if not k.endswith("_enc")})
     model.eval()
     with torch.no_grad():
         out = model([{"image": x["image"]} for x in inputs])

@@ -6,30 +6,23 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 from omegaconf import OmegaConf
 
-from detrex.config import LazyConfig, instantiate
+from detrex.config import LazyConfig
 from detrex.config.targets import target_to_string
-from detrex.layers import PositionEmbeddingSine
-from detrex.modeling import HungarianMatcher, ResNet
-from detrex.modeling.backbone import BasicStem
 from detrex.modeling.criterion.dn_criterion import DNCriterion
-from detrex.modeling.neck import ChannelMapper
-from detrex.structures import Boxes, Instances
 from projects.dn_deformable_detr.modeling import DNDeformableDetrTransformerDecoder
-from projects.ks_detr.modeling.deformable_triple_attention import KSMultiScaleTripleAttention
-from projects.ks_detr.modeling.ks_deformable_transformer import (
-    KSDNDeformableDetrTransformer,
-    KSDNDeformableDetrTransformerEncoder,
-)
+from projects.ks_detr.modeling.ks_deformable_transformer import KSDNDeformableDetrTransformer
+from projects.ks_detr.modeling.ks_deformable_transformer import KSDNDeformableDetrTransformerEncoder
 from projects.ks_detr.modeling.ks_dn_deformable_detr import KSDNDeformableDETR
 from projects.ks_detr.modeling.smlp import KSGT
+from tests.projects import model_helpers as mh
+from tests.projects.ks_detr.multi_scale_helpers import build_ks_r50, eval_ignoring_teacher_weights
+from tests.projects.ks_detr.multi_scale_helpers import training_step_with_config_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CFG = os.path.join(ROOT, "projects/ks_detr/configs/ks_dn_deformable_detr")
-WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0,
-           "loss_class_dn": 1.0, "loss_bbox_dn": 5.0, "loss_giou_dn": 2.0}
+WEIGHTS = dict(mh.BASE_WEIGHTS, **mh.DN_WEIGHTS)
 
 
 def _name(target):
@@ -37,52 +30,27 @@ def _name(target):
 
 
 def loss_keys(num_aux):
-    suffixes = [""] + [f"_{i}" for i in range(num_aux)]
-    return {f"loss_{k}{d}{s}" for k in ("class", "bbox", "giou") for d in ("", "_dn") for s in suffixes}
+    return mh.loss_keys(num_aux, denoising=True)
 
 
 def batch(with_instances=True):
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes, labels in [
-        ((64, 80), [[10.0, 12.0, 40.0, 50.0], [45.0, 5.0, 78.0, 30.0]], [1, 3]),
-        ((72, 64), [[5.0, 30.0, 60.0, 70.0]], [0]),
-    ]:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(labels))
-        items.append(x)
-    return items
+    """64x80 and 72x64 images, padded to 72x80."""
+    return mh.two_image_batch(mh.SMALL, with_instances)
 
 
 def tiny_model(num_classes=5, num_queries=8, dec_layers=3, groups=3):
     torch.manual_seed(0)
-    weight_dict = dict(WEIGHTS)
-    for i in range(dec_layers + 1):
-        weight_dict.update({f"{k}_{i}": v for k, v in WEIGHTS.items()})
-    return KSDNDeformableDETR(
-        ksgt=KSGT(32),
-        backbone=ResNet(
-            stem=BasicStem(3, 8, norm="FrozenBN"),
-            stages=ResNet.make_default_stages(18, norm="FrozenBN", stem_out_channels=8, res2_out_channels=8),
-            out_features=["res3", "res4", "res5"],
-            freeze_at=1,
-        ),
-        position_embedding=PositionEmbeddingSine(16, temperature=10000, normalize=True, offset=-0.5),
-        neck=ChannelMapper({"res3": 16, "res4": 32, "res5": 64}, ["res3", "res4", "res5"], 32, kernel_size=1,
-                           norm_layer=nn.GroupNorm(8, 32), num_outs=4),
-        transformer=KSDNDeformableDetrTransformer(
-            encoder=KSDNDeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, attn_dropout=0.0,
-                                                         ffn_dropout=0.0, num_layers=2),
-            decoder=DNDeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
-                                                       num_layers=dec_layers),
-        ),
-        embed_dim=32,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        criterion=DNCriterion(num_classes, HungarianMatcher(2.0, 5.0, 2.0), weight_dict),
-        denoising_groups=groups,
+    ksgt = KSGT(32)  # built first: the seed gives the weights it always did
+    parts = mh.multi_scale_parts()
+    transformer = KSDNDeformableDetrTransformer(
+        encoder=KSDNDeformableDetrTransformerEncoder(32, 2, feedforward_dim=64, attn_dropout=0.0,
+                                                     ffn_dropout=0.0, num_layers=2),
+        decoder=DNDeformableDetrTransformerDecoder(32, 2, feedforward_dim=64, attn_dropout=0.0, ffn_dropout=0.0,
+                                                   num_layers=dec_layers),
     )
+    return mh.tiny_detector(KSDNDeformableDETR, parts, transformer, DNCriterion,
+                            mh.weight_dict(WEIGHTS, dec_layers + 1), num_classes, num_queries, ksgt=ksgt,
+                            denoising_groups=groups)
 
 
 def _sets(out):
@@ -91,42 +59,17 @@ def _sets(out):
 
 
 def test_r50_config_training_step_and_gt_free_eval():
-    cfg = LazyConfig.load(os.path.join(CFG, "ks_dn_deformable_detr_r50_12ep_smlp_qkv_triple_attn.py"))
-    torch.manual_seed(0)
-    model = instantiate(cfg.model)
-    assert type(model) is KSDNDeformableDETR
-    layer = model.transformer.encoder.layers[5].attentions[0]
-    assert isinstance(layer, KSMultiScaleTripleAttention)
+    cfg, model, layer = build_ks_r50(os.path.join(CFG, "ks_dn_deformable_detr_r50_12ep_smlp_qkv_triple_attn.py"),
+                                     KSDNDeformableDETR)
     assert layer.attention_weights_teacher.weight.abs().max() > 0.05  # xavier (§4.4), not zero
 
-    model.train()
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    losses = model(batch())
-    assert set(losses) == loss_keys(7)  # 48 keys
-    assert all(torch.isfinite(v) for v in losses.values())
-    optimizer.zero_grad()
-    sum(losses.values()).backward()
-    for name, p in [("sMLP", model.ksgt.smlp_module.token_split_conv.linear[0].weight),
-                    ("attention_weights_teacher", layer.attention_weights_teacher.weight),
-                    ("value_proj_teacher", layer.value_proj_teacher.weight),
-                    ("label encoder", model.denoising_generator.label_encoder.weight)]:
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    optimizer.step()
+    training_step_with_config_optimizer(cfg, model, batch(), loss_keys(7),  # 48 keys
+                                        **{"label encoder": model.denoising_generator.label_encoder.weight})
 
-    model.eval()
-    inputs = batch(with_instances=False)
-    with torch.no_grad():
-        results = model(inputs)
-        raw = model.forward_raw(model.preprocess_image(inputs), None)
+    # eval at the requested sizes; teacher-only weights do not change eval outputs
+    results, raw = eval_ignoring_teacher_weights(model, batch(with_instances=False))
     assert [r["instances"].image_size for r in results] == [(64, 80), (72, 64)]
     assert raw["denoising_output"] is None and len(raw["aux_outputs"]) == 5
-    with torch.no_grad():
-        for p in [*model.ksgt.parameters(), *layer.attention_weights_teacher.parameters(),
-                  *layer.value_proj_teacher.parameters()]:
-            p.add_(torch.randn_like(p))
-        raw2 = model.forward_raw(model.preprocess_image(inputs), None)
-    assert torch.equal(raw["pred_logits"], raw2["pred_logits"]) and torch.equal(raw["pred_boxes"], raw2["pred_boxes"])
 
 
 def test_teacher_passes_share_the_denoising_queries_and_mask():
@@ -164,10 +107,7 @@ def test_teacher_passes_share_the_denoising_queries_and_mask():
 
 def test_training_losses_of_tiny_model():
     model = tiny_model(dec_layers=2)
-    model.train()
-    losses = model(batch())
-    assert set(losses) == loss_keys(3)  # 2 student layers, teacher 1, teacher 2
-    assert all(torch.isfinite(v) for v in losses.values())
+    mh.check_training_step(model, batch(), loss_keys(3), backward=False)  # 2 student layers, teacher 1, teacher 2
 
 
 @pytest.mark.parametrize("epochs,max_iter,drop", [(12, 90000, 82500), (50, 375000, 300000)])
@@ -190,7 +130,7 @@ def test_configs(epochs, max_iter, drop, ks):
     # §7.2: FFN 2048, no dropout, 5 denoising groups
     assert m.transformer.encoder.feedforward_dim == 2048 and m.transformer.encoder.attn_dropout == 0.0
     assert m.denoising_groups == 5 and m.backbone.stages.depth == 50
-    assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+    assert cfg.train.init_checkpoint == mh.R50_INIT
     assert cfg.train.max_iter == max_iter and list(cfg.lr_multiplier.scheduler.milestones) == [drop, max_iter]
     assert cfg.optimizer.lr == 1e-4 and cfg.train.clip_grad.params.max_norm == 0.1
 

@@ -10,6 +10,7 @@ from detrex.config import LazyConfig, instantiate
 from detrex.modeling.backbone.swin import SwinTransformer
 from projects.dab_detr.modeling import DABDETR
 from projects.ks_detr.modeling import KSDABDETR, KSTripleAttnEncoderLayer
+from tests.projects import model_helpers as mh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CFG_DIR = os.path.join(ROOT, "projects/ks_detr/configs/ks_dab_detr")
@@ -24,7 +25,6 @@ TINY_SWIN = [
     "model.transformer.encoder.feedforward_dim=64",
     "model.transformer.decoder.feedforward_dim=64",
 ]
-BASE = ("loss_class", "loss_bbox", "loss_giou")
 
 
 @pytest.mark.parametrize("size,depths,dpr", [("tiny", [2, 2, 6, 2], 0.1), ("small", [2, 2, 18, 2], 0.2)])
@@ -54,33 +54,20 @@ def _build(name):
 
 
 def _batch(with_instances=True):
-    from detrex.structures import Boxes, Instances
-
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for (h, w), boxes in (((64, 96), [[4.0, 6.0, 60.0, 50.0]]), ((80, 64), [[10.0, 20.0, 60.0, 78.0]])):
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
-        if with_instances:
-            x["instances"] = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor([1]))
-        items.append(x)
-    return items
+    """64x96 and 80x64 images, one box of class 1 each."""
+    return mh.two_image_batch(mh.ONE_BOX_EACH, with_instances)
 
 
 def test_ks_swin_tiny_trains_and_evaluates_without_annotations():
     model = _build("ks_dab_detr_swin_tiny_50ep_smlp_qkv_triple_attn")
     assert isinstance(model, KSDABDETR) and isinstance(model.backbone, SwinTransformer)
     assert isinstance(model.transformer.encoder.layers[-1], KSTripleAttnEncoderLayer)
-    model.train()
-    losses = model(_batch())
-    assert set(losses) == set(BASE) | {f"{k}_{i}" for i in range(7) for k in BASE}
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
+    mh.check_training_step(model, _batch(), mh.loss_keys(7))  # loss_{class,bbox,giou}{,_0.._6}
     assert model.ksgt.smlp_module.token_split_conv.linear[0].weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        results = model(_batch(with_instances=False))
-    assert len(results) == 2 and results[0]["instances"].image_size == (64, 96)
-    assert len(results[1]["instances"]) == 12 and torch.isfinite(results[1]["instances"].scores).all()
+    results = mh.eval_without_instances(model, _batch(with_instances=False))
+    mh.check_detections(results[0], size=(64, 96))
+    mh.check_detections(results[1], count=12)
+    assert torch.isfinite(results[1].scores).all()
 
 
 def test_ks_swin_small_state_dict_is_the_baseline_twin_plus_teacher_weights():
