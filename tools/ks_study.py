@@ -147,12 +147,17 @@ def final_metrics(curves: Dict[str, Dict[int, float]]) -> Tuple[Optional[int], D
     return it, {m: curves[m].get(it, float("nan")) if m in curves else float("nan") for m in METRICS}
 
 
+def reached_end(iteration: Optional[int], max_iter: int) -> bool:
+    """Whether an evaluation logged at ``iteration`` (None: no evaluation) is the run's final one."""
+    return iteration is not None and iteration >= max_iter - 1
+
+
 def run_is_finished(run_dir: str, max_iter: int) -> bool:
     """``model_final.pth`` exists and an evaluation was logged at (or after) the last iteration."""
     if not os.path.isfile(os.path.join(run_dir, "model_final.pth")):
         return False
     it, _ = final_metrics(read_eval_curves(run_dir))
-    return it is not None and it >= max_iter - 1
+    return reached_end(it, max_iter)
 
 
 def study_overrides(run: Run, max_iter: int, eval_period: int) -> List[str]:
@@ -417,7 +422,7 @@ def collect(runs: Sequence[Run]) -> List[Dict]:
 
 
 def _finished(records):
-    return [r for r in records if r["iteration"] is not None and r["iteration"] >= r["max_iter"] - 1]
+    return [r for r in records if reached_end(r["iteration"], r["max_iter"])]
 
 
 def arm_iterations(settings: Dict) -> Dict[str, int]:

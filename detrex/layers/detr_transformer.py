@@ -105,10 +105,9 @@ class ConditionalDecoder(TransformerLayerSequence):
     in layer 0, as in both papers' code), ``query_scale`` = MLP(C, C, C, 2) (the content-dependent transform of
     the spatial query in layers 1..), ``ref_point_head`` = MLP(``ref_point_in``, C, ``ref_point_out``, 2) (the
     reference point / box embedding), with ``modulate_hw_attn`` DAB-DETR's ``ref_anchor_head`` = MLP(C, C, 2, 2),
-    and the ``post_norm_layer`` shared by all layers' outputs (modules registered in the order of the
-    released checkpoints). Subclasses
-    write ``forward``: where the reference points come from, and how the spatial query is made of them;
-    `run_layer` and `stack_outputs` are the parts they share.
+    and the ``post_norm_layer`` shared by all layers' outputs (modules registered in the order of the released
+    checkpoints). Subclasses write ``forward``: where the reference points come from, and how the spatial query
+    is made of them; `run_layer`, `normed` and `stack_outputs` are the parts they share.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float, feedforward_dim: int, ffn_dropout: float,

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -153,8 +154,6 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert ks_study.main([*argv[:8], "8", *argv[9:]]) == 2
 
     # compute-matched: the baseline gets its own iterations; finished KS runs copied in are reused, not retrained
-    import shutil
-
     matched = tmp_path / "matched"
     shutil.copytree(out / "runs" / "ks" / "seed0", matched / "runs" / "ks" / "seed0")
     ks_final = matched / "runs" / "ks" / "seed0" / "model_final.pth"
