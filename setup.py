@@ -20,16 +20,28 @@ from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Tested pins: torch 2.14.1 with torchvision 0.29.1 (never the 2.13.0+cpu wheel: no torchvision loads on it).
+# Ranges, not pins: the package must install into an environment whose torch is already there (a cluster's CUDA
+# build, conda, a source build) without replacing it. The exact versions CI tests live in constraints.txt
+# (`pip install -c constraints.txt -e ".[dev]"`).
+#
+# torch >= 2.6: the lowest release on which the whole library works. It uses torch.library.register_fake /
+# register_autograd / custom_op / opcheck (2.4: the compiled op's fake kernels and autograd, detrex/layers/msda_op.py),
+# the torch.serialization.safe_globals context manager (2.5) and get_unsafe_globals_in_checkpoint (2.6: names what
+# keeps a checkpoint from loading with weights_only=True), and float16 / bfloat16 F.grid_sample on the CPU (2.6: the
+# pure-PyTorch deformable attention under bf16 autocast on a CPU). Measured: torch 2.5.1 fails exactly those tests,
+# 2.6.0 passes them. CI installs into a venv that already holds torch 2.6.0 and checks that torch stays
+# (.ci/check_older_torch); the GPU tests and benchmarks ran on 2.11; constraints.txt pins the default, 2.14.1.
+#
+# torchvision and timm are not imported by the library: only tests compare against them (ResNet, Swin, box ops,
+# focal loss), so they live in the "dev" extra. As install requirements they would drag a torch in: every torchvision
+# wheel pins one exact torch (timm needs torchvision), so `pip install -e .` would replace the user's torch.
 INSTALL_REQUIRES = [
-    "torch==2.14.1",
-    "torchvision==0.29.1",
-    "omegaconf==2.3.1",
-    "hydra-core==1.3.8",
-    "fvcore==0.1.5.post20221221",
-    "iopath==0.1.10",
-    "pycocotools==2.0.11",
-    "timm==1.0.31",
+    "torch>=2.6",
+    "omegaconf>=2.3,<2.4",
+    "hydra-core>=1.3,<1.4",
+    "fvcore>=0.1.5.post20221221",
+    "iopath>=0.1.9",
+    "pycocotools>=2.0.8",
     "scipy>=1.10",
     "numpy>=1.24",
     "Pillow>=9.5",
@@ -42,8 +54,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=7", "black"],
-    "fast-eval": ["faster-coco-eval==1.8.0"],
+    # torchvision must be the release built for the installed torch (0.21 <-> 2.6, ..., 0.29 <-> 2.14)
+    "dev": ["pytest>=7", "black", "torchvision>=0.21", "timm>=1.0"],
+    "fast-eval": ["faster-coco-eval>=1.8"],
 }
 
 
@@ -94,7 +107,8 @@ def _import_torch(forced: bool):
     if forced:
         raise SystemExit(
             "detrex setup.py: FORCE_CUDA=1 needs torch to build the CUDA op, but torch is not importable. Install "
-            "torch first (pip install torch==2.14.1), then run: FORCE_CUDA=1 pip install --no-build-isolation -e ."
+            "torch first (pip install -c constraints.txt torch, or your own build), then run: FORCE_CUDA=1 pip install "
+            "--no-build-isolation -e ."
         )
     return None
 

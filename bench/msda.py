@@ -8,15 +8,24 @@ Settings (Deformable-DETR, Zhu et al. 2021, at 800x1333 with strides 8/16/32/64)
 - ``decoder``: the same value tensor, Q = 300 queries.
 
 ``--small`` shrinks the maps (20x34, 10x17, 5x9, 3x5) and the batch to 1 for CPU runs. For each setting, dtype and
-implementation the script prints forward and forward+backward time (median over ``--iters`` after ``--warmup``; CUDA
-events on GPU, ``perf_counter`` on CPU), the peak memory allocated by forward+backward beyond the inputs (CUDA only),
-the speedup of the CUDA op over the PyTorch op, and the effective bandwidth against the HBM floor: the bytes that
-must cross HBM at least once (value, locations, weights, output; see ``bench/README.md``).
+implementation the script prints forward, backward and forward+backward time (median over ``--iters`` after
+``--warmup``; CUDA events on GPU, ``perf_counter`` on CPU), the peak memory allocated by forward+backward beyond the
+inputs (CUDA only), speedups over the PyTorch op and the original-design op, and the achieved bandwidth of forward and
+backward against two floors (see ``bench/README.md``):
+
+- HBM floor: every input read once and every output written once;
+- L2 gather bytes: every bilinear corner is one D-channel line of the value tensor (64 KiB per encoder query in
+  float32); the backward also scatters one line per corner into the grad_value accumulation buffer.
+
+``--variants all`` (or a comma list of ``detrex.layers.msda_op.BACKWARD_VARIANTS``) adds one CUDA row per backward
+kernel variant; variants marked ``*`` leave a stage out (timing only, wrong gradients by design). ``grad err`` is the
+largest difference of a row's gradients from the default kernel's, relative to the largest default gradient.
 
 float16 / bfloat16 rows use a value tensor in that dtype with float32 locations and weights, which is what autocast
 produces in the attention layer.
 
-Run: ``python bench/msda.py`` (GPU, all settings and dtypes), ``python bench/msda.py --small --device cpu``.
+Run: ``python bench/msda.py`` (GPU, all settings and dtypes), ``python bench/msda.py --variants all``,
+``python bench/msda.py --small --device cpu``; ``--dry-run`` prints the table's byte columns without timing anything.
 """
 from __future__ import annotations
 
@@ -56,10 +65,30 @@ def make_setting(name: str, small: bool, dtype: torch.dtype, device: str, seed: 
     return value, spatial_shapes, level_start, loc, weights
 
 
+def _size(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def floor_bytes(value, loc, weights, out_elems: int, out_dtype: torch.dtype) -> int:
     """HBM floor of the forward: every input read once, the output written once."""
-    size = lambda t: t.numel() * t.element_size()  # noqa: E731
-    return size(value) + size(loc) + size(weights) + out_elems * torch.empty((), dtype=out_dtype).element_size()
+    return _size(value) + _size(loc) + _size(weights) + out_elems * torch.empty((), dtype=out_dtype).element_size()
+
+
+def backward_floor_bytes(value, loc, weights) -> int:
+    """HBM floor of the backward: grad_output, value, locations and weights read once; grad_value, grad_locations and
+    grad_weights written once (grad_output has the output's size: B * Q * M * D in value's dtype)."""
+    b, q = loc.shape[:2]
+    grad_out = b * q * value.shape[2] * value.shape[3] * value.element_size()
+    return grad_out + 2 * (_size(value) + _size(loc) + _size(weights))
+
+
+def gather_bytes(value, loc, scatter_elem_bytes: int = 0) -> int:
+    """Corner lines through L2: 4 corners per (batch, query, head, level, point), each D channels of value (the
+    forward's gathers); ``scatter_elem_bytes`` > 0 adds the backward's scatter of one line per corner into the
+    grad_value buffer (4 bytes for the float32 buffer; value's element size for the "native" variants)."""
+    corners = 4 * loc[..., 0].numel()
+    d = value.shape[3]
+    return corners * d * (value.element_size() + scatter_elem_bytes)
 
 
 def _timer(device: str):
@@ -164,8 +193,25 @@ def _original_design_op() -> Callable:
     return run
 
 
-def bench_one(impl: Callable, inputs, device: str, warmup: int, iters: int) -> Tuple[float, float, Optional[float]]:
+class Result:
+    """Times (ms), peak memory and gradients of one implementation (or backward variant) on one setting."""
+
+    def __init__(self, fwd: float, bwd: float, fwd_bwd: float, peak: Optional[float], grads=None):
+        self.fwd, self.bwd, self.fwd_bwd, self.peak, self.grads = fwd, bwd, fwd_bwd, peak, grads
+
+
+def bench_one(impl: Callable, inputs, device: str, warmup: int, iters: int, variant: Optional[str] = None,
+              keep_grads: bool = False) -> Result:
+    """Forward (no_grad), backward alone (autograd.grad on a retained graph) and forward+backward of ``impl``;
+    ``variant`` selects the CUDA op's backward kernel (detrex.layers.msda_op.backward_variant)."""
+    import contextlib
+
     value, ss, lsi, loc, w = inputs
+    selected = contextlib.nullcontext
+    if variant is not None:
+        from detrex.layers import msda_op
+
+        selected = lambda: msda_op.backward_variant(variant)  # noqa: E731
 
     def fwd():
         with torch.no_grad():
@@ -177,11 +223,112 @@ def bench_one(impl: Callable, inputs, device: str, warmup: int, iters: int) -> T
 
     def fwd_bwd():
         out = impl(leaves[0], ss, lsi, leaves[1], leaves[2])
-        torch.autograd.grad(out, leaves, grad)
+        with selected():
+            torch.autograd.grad(out, leaves, grad)
+
+    graph_out = impl(leaves[0], ss, lsi, leaves[1], leaves[2])
+
+    def bwd():
+        with selected():
+            torch.autograd.grad(graph_out, leaves, grad, retain_graph=True)
 
     t_fwd = measure(fwd, device, warmup, iters)
+    t_bwd = measure(bwd, device, warmup, iters)
     t_fb = measure(fwd_bwd, device, warmup, iters)
-    return t_fwd, t_fb, peak_extra_mb(fwd_bwd, device)
+    grads = None
+    if keep_grads:
+        with selected():
+            grads = torch.autograd.grad(graph_out, leaves, grad, retain_graph=True)
+    return Result(t_fwd, t_bwd, t_fb, peak_extra_mb(fwd_bwd, device), grads)
+
+
+def grad_error(grads, ref) -> Optional[float]:
+    """Largest |grad - ref| over the three gradients, relative to the largest |ref| of the same gradient."""
+    if grads is None or ref is None:
+        return None
+    errs = []
+    for g, r in zip(grads, ref):
+        scale = r.detach().abs().max().float().clamp_min(1e-12)
+        errs.append(((g.detach().float() - r.detach().float()).abs().max() / scale).item())
+    return max(errs)
+
+
+def variant_names(spec: Optional[str]) -> List[str]:
+    from detrex.layers import msda_op
+
+    if not spec:
+        return []
+    names = list(msda_op.BACKWARD_VARIANTS) if spec == "all" else spec.split(",")
+    unknown = [n for n in names if n not in msda_op.BACKWARD_VARIANTS]
+    if unknown:
+        raise SystemExit(f"bench/msda.py: unknown backward variant(s) {unknown}; choose from "
+                         f"{list(msda_op.BACKWARD_VARIANTS)} or 'all'")
+    return names
+
+
+def scatter_elem_bytes(variant: Optional[str], value_dtype: torch.dtype) -> int:
+    """Bytes per channel the backward scatters into its grad_value buffer (see csrc/msda_kernels.cu)."""
+    if value_dtype == torch.float64:
+        return 8
+    if variant in ("native", "native_vec4") and value_dtype in (torch.float16, torch.bfloat16):
+        return 2
+    return 4
+
+
+HEADER = ("setting", "dtype", "impl", "fwd ms", "bwd ms", "fwd+bwd ms", "peak MB", "fwd+bwd x", "fwd+bwd x orig",
+          "bwd x default", "grad err", "fwd GB/s", "bwd GB/s", "fwd L2 GB/s", "bwd L2 GB/s", "HBM MB fwd/bwd",
+          "L2 MB fwd/bwd")
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table_rows(setting: str, dname: str, inputs, results: Dict[str, Tuple[Optional[str], Optional[Result]]]):
+    """Rows of one (setting, dtype): ``results`` maps a row label to (backward variant or None, Result or None)."""
+    from detrex.layers import msda_op
+
+    value, _, _, loc, w = inputs
+    b, q = loc.shape[:2]
+    fwd_floor = floor_bytes(value, loc, w, b * q * CHANNELS, value.dtype)
+    bwd_floor = backward_floor_bytes(value, loc, w)
+    base = results.get("pytorch", (None, None))[1]
+    orig = results.get("original", (None, None))[1]
+    default = results.get("cuda", (None, None))[1]
+    rows = []
+    for label, (variant, r) in results.items():
+        fwd_l2 = gather_bytes(value, loc)
+        if label == "pytorch":
+            bwd_l2 = None  # grid_sample's backward: not this design
+        else:
+            bwd_l2 = gather_bytes(value, loc, scatter_elem_bytes(variant if label.startswith("cuda") else None,
+                                                                  value.dtype))
+        shown = label + ("*" if variant in msda_op.PROFILING_VARIANTS else "")
+        hbm = f"{fwd_floor / 1e6:.1f}/{bwd_floor / 1e6:.1f}"
+        l2 = f"{fwd_l2 / 1e6:.0f}/{'-' if bwd_l2 is None else f'{bwd_l2 / 1e6:.0f}'}"
+        if r is None:  # dry run: byte columns only
+            rows.append((setting, dname, shown) + ("-",) * 12 + (hbm, l2))
+            continue
+        err = grad_error(r.grads, default.grads if default is not None else None) if label != "cuda" else None
+        rows.append((
+            setting, dname, shown, f"{r.fwd:.3f}", f"{r.bwd:.3f}", f"{r.fwd_bwd:.3f}", _fmt(r.peak, ".0f"),
+            _fmt(base.fwd_bwd / r.fwd_bwd if base else None, ".2f"),
+            _fmt(orig.fwd_bwd / r.fwd_bwd if orig else None, ".2f"),
+            _fmt(default.bwd / r.bwd if default and label.startswith("cuda") else None, ".2f"),
+            _fmt(err, ".1e"),
+            f"{fwd_floor / r.fwd / 1e6:.0f}", f"{bwd_floor / r.bwd / 1e6:.0f}",
+            f"{fwd_l2 / r.fwd / 1e6:.0f}", _fmt(None if bwd_l2 is None else bwd_l2 / r.bwd / 1e6, ".0f"),
+            hbm, l2,
+        ))
+    return rows
+
+
+def print_table(rows: List[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(str(c).rjust(wd) for c, wd in zip(row, widths)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -194,8 +341,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--impls", default="cuda,original,pytorch",
                         help="cuda: this package's op; original: the im2col-design baseline (compiled on first use); "
                              "pytorch: the grid_sample op")
+    parser.add_argument("--variants", default=None,
+                        help="'all' or a comma list of backward kernel variants of the CUDA op "
+                             "(detrex.layers.msda_op.BACKWARD_VARIANTS): one extra row each")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the inputs and print the rows with their byte floors, timing nothing (any device)")
     args = parser.parse_args(argv)
 
     on_cuda = args.device.startswith("cuda")
@@ -204,42 +356,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     iters = args.iters if args.iters is not None else (50 if on_cuda else 3)
     if not on_cuda:
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    impls = implementations(args.device, args.impls.split(","))
-    if not impls:
-        raise SystemExit("bench/msda.py: no implementation to run")
+    variants = variant_names(args.variants)
+    impl_names = args.impls.split(",")
+    if args.dry_run:
+        impls = {name: None for name in impl_names}
+    else:
+        impls = implementations(args.device, impl_names)
+        if not impls:
+            raise SystemExit("bench/msda.py: no implementation to run")
+    if variants and "cuda" not in impls:
+        print("note: --variants needs the CUDA op (impl 'cuda'); no variant rows", file=sys.stderr)
+        variants = []
 
     device_name = torch.cuda.get_device_name(args.device) if on_cuda else "CPU"
     print(f"# multi-scale deformable attention, device: {device_name}, torch {torch.__version__}, "
-          f"{'small maps' if args.small else '800x1333'}; median of {iters} after {warmup} warm-up")
-    header = ("setting", "dtype", "impl", "fwd ms", "fwd+bwd ms", "peak MB", "fwd x", "fwd+bwd x", "fwd x orig",
-              "fwd+bwd x orig", "fwd GB/s", "floor MB")
-    rows = [header]
+          f"{'small maps' if args.small else '800x1333'}; median of {iters} after {warmup} warm-up"
+          f"{'; DRY RUN (nothing timed)' if args.dry_run else ''}")
+    rows = [HEADER]
     for setting in args.settings.split(","):
         for dname in dtypes.split(","):
             dtype = DTYPES[dname]
             inputs = make_setting(setting, args.small, dtype, args.device)
-            value, _, _, loc, w = inputs
-            b, q = loc.shape[:2]
-            floor = floor_bytes(value, loc, w, b * q * CHANNELS, dtype)
-            results = {name: bench_one(fn, inputs, args.device, warmup, iters) for name, fn in impls.items()}
-            base, orig = results.get("pytorch"), results.get("original")
-            for name, (t_fwd, t_fb, peak) in results.items():
-                rows.append((
-                    setting, dname, name, f"{t_fwd:.3f}", f"{t_fb:.3f}", "-" if peak is None else f"{peak:.0f}",
-                    f"{base[0] / t_fwd:.2f}" if base else "-", f"{base[1] / t_fb:.2f}" if base else "-",
-                    f"{orig[0] / t_fwd:.2f}" if orig else "-", f"{orig[1] / t_fb:.2f}" if orig else "-",
-                    f"{floor / t_fwd / 1e6:.1f}", f"{floor / 1e6:.1f}",
-                ))
-            del inputs, value, loc, w
+            results: Dict[str, Tuple[Optional[str], Optional[Result]]] = {}
+            for name, fn in impls.items():
+                keep = name == "cuda" and bool(variants)
+                results[name] = ("default" if name == "cuda" else None,
+                                 None if fn is None else bench_one(fn, inputs, args.device, warmup, iters,
+                                                                   keep_grads=keep))
+                if name == "cuda":
+                    for variant in variants:
+                        if variant == "default":
+                            continue
+                        results[f"cuda:{variant}"] = (variant, None if fn is None else bench_one(
+                            fn, inputs, args.device, warmup, iters, variant=variant, keep_grads=True))
+            rows += table_rows(setting, dname, inputs, results)
+            del inputs, results
             if on_cuda:
                 torch.cuda.empty_cache()
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    for i, row in enumerate(rows):
-        print("| " + " | ".join(str(c).rjust(wd) for c, wd in zip(row, widths)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
-    print("x = speedup over the pytorch op, x orig = over the original-design op (higher is better; the issue's "
-          "target is fwd+bwd x orig >= 1.5 at float32); fwd GB/s = HBM-floor bytes / forward time.")
+    print_table(rows)
+    print("x = fwd+bwd speedup over the pytorch op; x orig = over the original-design op (the issue's target: >= 1.5 "
+          "at float32); bwd x default = backward speedup over the default CUDA kernel; grad err = max |grad - "
+          "default's| / max |default's|; GB/s = floor bytes / time (HBM floor: inputs read once, outputs written "
+          "once; L2: corner lines gathered, plus the backward's scatter into the grad_value buffer); * = a stage left "
+          "out (timing only, wrong gradients by design).")
     return 0
 
 
