@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     try:
         cfg = load_config(args.config_file, list(args.opts) + unknown)
-        from detrex.data import DatasetCatalog, MetadataCatalog
+        from detrex.data import DatasetCatalog, MetadataCatalog, ensure_thing_classes
         from detrex.data.detection_utils import read_image
         from detrex.utils.visualizer import Visualizer, auto_scale
 
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
             raise UserInputError(f"Dataset {name!r} is not registered; registered: {sorted(DatasetCatalog)}")
         dicts = DatasetCatalog.get(name)
         metadata = MetadataCatalog.get(name)
+        ensure_thing_classes(metadata)  # a dataset whose loader does not set them: the json's names
         mapper = None
         if args.source == "dataloader":
             mapper_cfg = try_get_key(cfg, f"dataloader.{args.split}.mapper")

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         import numpy as np
         import torch
 
-        from detrex.data import DatasetCatalog, MetadataCatalog
+        from detrex.data import DatasetCatalog, MetadataCatalog, ensure_thing_classes
         from detrex.data.detection_utils import read_image
         from detrex.structures import Boxes, BoxMode, Instances
         from detrex.utils.visualizer import Visualizer, auto_scale, make_panel, save_image
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
             raise UserInputError(f"Dataset {args.dataset!r} is not registered; registered: {sorted(DatasetCatalog)}")
         dicts = DatasetCatalog.get(args.dataset)
         metadata = MetadataCatalog.get(args.dataset)
+        ensure_thing_classes(metadata)  # a dataset whose loader does not set them: the json's names
         id_map = getattr(metadata, "thing_dataset_id_to_contiguous_id", None)
 
         def to_contiguous(cid: int) -> int:

@@ -17,6 +17,7 @@ from .catalog import DatasetCatalog, DatasetNotRegisteredError, Metadata, Metada
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from .dataset_mapper import DetrDatasetMapper
 from .datasets import load_coco_json, register_coco_instances, register_shapes  # also registers builtins
+from .datasets import ensure_thing_classes
 from .samplers import InferenceSampler, TrainingSampler
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "register_coco_instances",
     "register_shapes",
     "load_coco_json",
+    "ensure_thing_classes",
     "get_detection_dataset_dicts",
     "build_detection_train_loader",
     "build_detection_test_loader",

@@ -18,6 +18,7 @@ import torch
 import torch.utils.data as torchdata
 
 from ..utils import comm
+from .bad_images import BadImageTracker
 from .catalog import DatasetCatalog, DatasetNotRegisteredError, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset, TrainBatchStream
 from .samplers import InferenceSampler, TrainingSampler
@@ -171,6 +172,7 @@ def build_batch_data_loader(
     aspect_ratio_grouping: bool = False,
     num_workers: int = 0,
     collate_fn: Optional[Callable] = None,
+    pin_memory: bool = False,
     drop_last: bool = True,
 ):
     """Batched loader over a map-style ``dataset`` and a (possibly infinite) ``sampler``; per-process batch size
@@ -186,7 +188,7 @@ def build_batch_data_loader(
             raise ValueError("sampler must be None for an IterableDataset")
     else:
         dataset = ToIterableDataset(dataset, sampler, shard_chunk_size=batch_size)
-    loader_kwargs = dict(num_workers=num_workers, worker_init_fn=worker_init_reset_seed)
+    loader_kwargs = dict(num_workers=num_workers, worker_init_fn=worker_init_reset_seed, pin_memory=pin_memory)
     if num_workers > 0:
         loader_kwargs["persistent_workers"] = False
     if aspect_ratio_grouping:
@@ -216,19 +218,26 @@ class ResumableTrainLoader:
     batches of one process (each rank a contiguous slice), grouping included.
     The trainer checkpoints this state (``trainer.data_loader``).
 
+    Skipped bad images (:mod:`detrex.data.bad_images`): the skip records of every batch are taken out and
+    counted by ``bad_images`` (a :class:`BadImageTracker`; its state is part of ``state_dict()`` once an image
+    was skipped), before ``collate_fn``.
+
     Attributes: ``dataset`` (the mapped map-style dataset), ``sampler``, ``total_batch_size``,
-    ``batch_size`` (per rank).
+    ``batch_size`` (per rank), ``bad_images``.
     """
 
     def __init__(self, stream: TrainBatchStream, total_batch_size: int, num_workers: int = 0,
-                 collate_fn: Optional[Callable] = None):
+                 collate_fn: Optional[Callable] = None, max_bad_image_fraction: float = 0.01,
+                 pin_memory: bool = False):
         self.stream = stream
         self.dataset = stream.dataset
         self.sampler = stream.sampler
         self.total_batch_size = total_batch_size
         self.batch_size = stream.batch_size
         self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
         self.collate_fn = trivial_batch_collator if collate_fn is None else collate_fn
+        self.bad_images = BadImageTracker(len(self.dataset), max_bad_image_fraction)
         self._num_batches = 0
         # fast-forward by moving the sampler (TrainingSampler only); other samplers are replayed
         self._base_sampler_state = (
@@ -236,17 +245,22 @@ class ResumableTrainLoader:
         )
 
     def __iter__(self):
-        kwargs = dict(num_workers=self.num_workers, worker_init_fn=worker_init_reset_seed)
+        kwargs = dict(num_workers=self.num_workers, worker_init_fn=worker_init_reset_seed, pin_memory=self.pin_memory)
         if self.num_workers > 0:
             kwargs["persistent_workers"] = False
         # a fresh DataLoader per iterator: workers receive the current (resumed) stream state
-        loader = torchdata.DataLoader(self.stream, batch_size=None, collate_fn=self.collate_fn, **kwargs)
+        loader = torchdata.DataLoader(self.stream, batch_size=None, collate_fn=trivial_batch_collator, **kwargs)
         for batch in loader:
             self._num_batches += 1
-            yield batch
+            self.bad_images.consume(batch)
+            yield self.collate_fn(batch)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"num_batches": self._num_batches, "seed": int(getattr(self.sampler, "seed", -1))}
+        state = {"num_batches": self._num_batches, "seed": int(getattr(self.sampler, "seed", -1))}
+        bad = self.bad_images.state_dict()
+        if bad:
+            state["bad_images"] = bad
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if "num_batches" not in state:
@@ -255,6 +269,7 @@ class ResumableTrainLoader:
             return
         n = int(state["num_batches"])
         seed = int(state.get("seed", -1))
+        self.bad_images.load_state_dict(state.get("bad_images", {}))
         if seed >= 0 and hasattr(self.sampler, "seed") and seed != self.sampler.seed:
             logger.warning(
                 f"Resuming the train loader with sampler seed {seed} (this run drew {self.sampler.seed}); "
@@ -297,6 +312,9 @@ def build_detection_train_loader(
     num_workers: int = 0,
     seed: Optional[int] = None,
     collate_fn: Optional[Callable] = None,
+    skip_bad_images: bool = False,
+    max_bad_image_fraction: float = 0.01,
+    pin_memory: bool = False,
 ):
     """Infinite training loader yielding ``list[dict]`` of ``total_batch_size // world_size`` mapped dicts.
 
@@ -311,6 +329,14 @@ def build_detection_train_loader(
         num_workers: DataLoader worker processes.
         seed: sampler seed (None: a random seed shared across processes).
         collate_fn: applied to each list batch (default: none).
+        skip_bad_images: False (default): an image that cannot be read (or whose size differs from the dict's)
+            stops training with a message naming it. True: it is logged once with its path, replaced by
+            another sample and counted (``bad_images_skipped`` in the metrics); sets the mapper's
+            ``on_bad_image="skip"`` (:mod:`detrex.data.bad_images`).
+        pin_memory: batches in page-locked memory (a background thread of the DataLoader pins them), so the
+            model's ``non_blocking`` copies to a GPU overlap its previous step; train_net sets it on CUDA.
+        max_bad_image_fraction: with skipping, the run stops once more distinct files than this fraction of
+            the dataset (at least one file is tolerated) were bad.
 
     Returns a :class:`ResumableTrainLoader` (checkpointable position, per-sample seeded augmentation: the
     batches do not depend on ``num_workers`` or on resuming) for map-style datasets; an IterableDataset
@@ -322,6 +348,13 @@ def build_detection_train_loader(
     group_ids = None
     if aspect_ratio_grouping and not isinstance(dataset, torchdata.IterableDataset):
         group_ids = _orientation_group_ids(dataset)
+    if skip_bad_images:
+        if not hasattr(mapper, "on_bad_image"):
+            raise ValueError(
+                f"dataloader.train.skip_bad_images=True needs a mapper with an 'on_bad_image' setting (e.g. "
+                f"DetrDatasetMapper); got {type(mapper).__name__}."
+            )
+        mapper.on_bad_image = "skip"
     if mapper is not None:
         dataset = MapDataset(dataset, mapper)
     if isinstance(dataset, torchdata.IterableDataset):
@@ -340,6 +373,9 @@ def build_detection_train_loader(
                 "Aspect-ratio grouping without width/height in the dataset dicts: grouping after mapping; "
                 "the loader position is not checkpointed (resumed runs see other batches)."
             )
+        if skip_bad_images:
+            logger.warning("skip_bad_images with this loader: skipped images are replaced but not counted in the "
+                           "metrics (see the mapper's num_skipped per process) and no threshold applies.")
         return build_batch_data_loader(
             dataset,
             sampler,
@@ -347,6 +383,7 @@ def build_detection_train_loader(
             aspect_ratio_grouping=aspect_ratio_grouping,
             num_workers=num_workers,
             collate_fn=collate_fn,
+            pin_memory=pin_memory,
         )
     world_size = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world_size != 0:
@@ -355,7 +392,8 @@ def build_detection_train_loader(
         )
     stream = TrainBatchStream(dataset, sampler, total_batch_size // world_size, group_ids=group_ids,
                               rank=comm.get_rank(), world_size=world_size)
-    return ResumableTrainLoader(stream, total_batch_size, num_workers=num_workers, collate_fn=collate_fn)
+    return ResumableTrainLoader(stream, total_batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                                max_bad_image_fraction=max_bad_image_fraction, pin_memory=pin_memory)
 
 
 def build_detection_test_loader(

@@ -14,9 +14,12 @@ instances with width or height ``<= 1e-5`` removed. Test: annotations are droppe
 keeps them as ``instances``, e.g. for visualizing ground truth).
 
 Bad images: by default a missing/corrupt image raises :class:`~detrex.data.detection_utils.BadImageError`
-naming the file. With ``on_bad_image="skip"`` the mapper logs a warning, counts the skip
-(``mapper.num_skipped``) and returns None, so :class:`~detrex.data.common.MapDataset` retries another image.
-Use "skip" for training only: at test time a retry would evaluate a different image in its place.
+naming the file (an image whose size differs from the dict's: ``SizeMismatchError``). With
+``on_bad_image="skip"`` (set by ``dataloader.train.skip_bad_images=True``) the mapper counts the skip
+(``mapper.num_skipped``) and returns None, so :class:`~detrex.data.common.MapDataset` retries another image; the
+skip is recorded in the next sample it returns, for the training loader to log and count
+(:mod:`detrex.data.bad_images`). Use "skip" for training only: at test time a retry would evaluate a different
+image in its place.
 """
 
 import copy
@@ -28,6 +31,7 @@ import torch
 
 from . import detection_utils as utils
 from . import transforms as T
+from .bad_images import BadImagePolicy
 
 __all__ = ["DetrDatasetMapper"]
 
@@ -59,35 +63,44 @@ class DetrDatasetMapper:
     ):
         if mask_on:
             raise NotImplementedError("DetrDatasetMapper: mask_on=True is not supported (boxes only).")
-        if on_bad_image not in ("raise", "skip"):
-            raise ValueError(f"DetrDatasetMapper: on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        self._bad_images = BadImagePolicy(on_bad_image)
         self.augmentation = list(augmentation)
         self.augmentation_with_crop = list(augmentation_with_crop) if augmentation_with_crop is not None else None
         self.is_train = is_train
         self.mask_on = mask_on
         self.img_format = img_format
         self.keep_annotations_in_test = keep_annotations_in_test
-        self.on_bad_image = on_bad_image
-        self.num_skipped = 0
         mode = "training" if is_train else "inference"
         logger.info(
             f"[DetrDatasetMapper] Augmentations used in {mode}: {self.augmentation}, crop: {self.augmentation_with_crop}"
         )
 
+    @property
+    def on_bad_image(self) -> str:
+        """``"raise"`` or ``"skip"`` (see the module docstring)."""
+        return self._bad_images.mode
+
+    @on_bad_image.setter
+    def on_bad_image(self, value: str) -> None:
+        self._bad_images.mode = value
+
+    @property
+    def num_skipped(self) -> int:
+        """Images skipped by this mapper in this process."""
+        return self._bad_images.num_skipped
+
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified below
         try:
             image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
-        except utils.BadImageError as e:
-            if self.on_bad_image == "raise":
-                raise
-            self.num_skipped += 1
-            logger.warning(
-                f"[DetrDatasetMapper] skipping a bad image ({self.num_skipped} skipped so far in this process): {e}"
-            )
+            utils.check_image_size(dataset_dict, image)
+        except (utils.BadImageError, utils.SizeMismatchError) as e:
+            self._bad_images.handle(e, dataset_dict.get("file_name"))
             return None
-        utils.check_image_size(dataset_dict, image)
+        return self._bad_images.attach(self._map(dataset_dict, image))
 
+    def _map(self, dataset_dict: Dict, image) -> Dict:
+        """Augment the decoded ``image`` (H, W, 3) and its annotations (see the module docstring)."""
         if self.augmentation_with_crop is None:
             image, transforms = T.apply_transform_gens(self.augmentation, image)
         elif np.random.rand() > 0.5:

@@ -168,12 +168,18 @@ def test_bad_image_raises_or_is_skipped(tmp_path, record, caplog):
 
     skipping = DetrDatasetMapper([T.ResizeShortestEdge(30)], None, is_train=True, on_bad_image="skip")
     assert skipping(bad) is None and skipping.num_skipped == 1
-    assert "corrupt.png" in caplog.text
+    # the skip travels with the next sample the mapper returns (for the training loader to log and count)
+    (name, reason), = skipping(record)["bad_images_skipped"]
+    assert name == bad["file_name"] and "corrupt.png" in reason
+    assert "bad_images_skipped" not in skipping(record)
     # MapDataset retries another index when the mapper returns None
     ds = MapDataset(DatasetFromList([bad, record, missing]), skipping)
-    for idx in (0, 2):
-        assert ds[idx]["file_name"] == record["file_name"]
+    for idx, name in ((0, bad["file_name"]), (2, missing["file_name"])):
+        out = ds[idx]
+        assert out["file_name"] == record["file_name"] and [r[0] for r in out["bad_images_skipped"]] == [name]
     assert skipping.num_skipped == 3
+    # an image whose size differs from the dict's is skipped the same way
+    assert skipping(dict(record, width=record["width"] + 1)) is None and skipping.num_skipped == 4
     with pytest.raises(RuntimeError, match="every item"):
         MapDataset(DatasetFromList([bad]), skipping)[0]
 

@@ -1,7 +1,8 @@
 """COCO 2017 data for DETR-family models (as detrex's ``configs/common/data/coco_detr.py``).
 
 Train: per image, 50/50 between [flip, resize short side to 480..800 (step 32), max 1333] and the crop branch
-[flip, resize to 400/500/600, random crop 384..600, resize 480..800, max 1333]. Test: short side 800, max 1333.
+[flip, resize to 400/500/600, random crop 384..600, resize 480..800, max 1333]; ``skip_bad_images`` decides what
+an unreadable image does (stop the run, or skip and count it). Test: short side 800, max 1333.
 """
 
 from omegaconf import OmegaConf
@@ -51,6 +52,12 @@ dataloader.train = L(build_detection_train_loader)(
     ),
     total_batch_size=16,
     num_workers=4,
+    # False: an unreadable/truncated image (or one whose size differs from the json) stops training with a
+    # message naming the file. True: it is logged once with its path, replaced by another sample and counted
+    # ("bad_images_skipped" in metrics.json); the run stops once more than max_bad_image_fraction of the
+    # dataset's files (at least one file is tolerated) were bad. tools/check_dataset.py finds them all first.
+    skip_bad_images=False,
+    max_bad_image_fraction=0.01,
 )
 
 dataloader.test = L(build_detection_test_loader)(

@@ -34,6 +34,7 @@ from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
 
 __all__ = [
+    "ensure_thing_classes",
     "load_coco_json",
     "register_coco_instances",
     "convert_to_coco_dict",
@@ -63,6 +64,43 @@ def read_coco_json(json_file: str) -> Dict:
         if key not in dataset:
             raise ValueError(f"'{json_file}' has no '{key}' list; it is not a COCO instances json")
     return dataset
+
+
+def ensure_thing_classes(metadata) -> Optional[List[str]]:
+    """The class names of a dataset's metadata, read from its COCO json when the metadata lacks them.
+
+    ``metadata.thing_classes`` is only filled in when the dataset is loaded (``DatasetCatalog.get``); tools that
+    need names without loading the data (the demo, an evaluator) call this instead. When ``thing_classes`` is
+    missing and the metadata has a ``json_file``, the json's ``categories`` are read and ``thing_classes`` (and
+    ``thing_dataset_id_to_contiguous_id`` if missing) are set exactly as :func:`load_coco_json` sets them
+    (categories sorted by id). A json that does not exist yet (a generated dataset such as shapes) is created
+    by loading the registered dataset. Returns the names, or None when the metadata has neither.
+    """
+    if metadata is None:
+        return None
+    names = metadata.get("thing_classes")
+    if names is not None:
+        return list(names)
+    json_file = metadata.get("json_file")
+    if not json_file:
+        return None
+    name = metadata.get("name")
+    if not os.path.isfile(json_file) and name in DatasetCatalog:
+        DatasetCatalog.get(name)  # generates the files and fills the metadata
+        if metadata.get("thing_classes") is not None:
+            return list(metadata.thing_classes)
+    cats = sorted(read_coco_json(json_file)["categories"], key=lambda c: c["id"])
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    if id_map is None:
+        id_map = {c["id"]: i for i, c in enumerate(cats)}
+        metadata.thing_dataset_id_to_contiguous_id = id_map
+    by_id = {c["id"]: c["name"] for c in cats}
+    names = [None] * len(id_map)
+    for dataset_id, contiguous in id_map.items():
+        names[contiguous] = by_id.get(dataset_id, f"class {contiguous}")
+    metadata.thing_classes = names
+    logger.info(f"Class names of '{name}' read from '{json_file}': {names[:10]}{' ...' if len(names) > 10 else ''}")
+    return list(names)
 
 
 def _make_coco_api(dataset: Dict):

@@ -14,6 +14,8 @@ dataloader.train = L(build_detection_train_loader)(
     aspect_ratio_grouping=True,
     num_workers=0,
     seed=0,
+    skip_bad_images=False,
+    max_bad_image_fraction=0.01,
 )
 
 train.max_iter = 24
