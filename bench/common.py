@@ -288,6 +288,47 @@ def profile_top_ops(fn: Callable[[], object], device, row_limit: int = 15) -> st
     return prof.key_averages().table(sort_by=key, row_limit=row_limit)
 
 
+_LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                  "cudaLaunchCooperativeKernel")
+
+
+def gpu_activity(fn: Callable[[], object], wall_s: float, iters: int = 2) -> dict:
+    """GPU-side view of ``fn`` (one training iteration) on CUDA: ``kernel_ms`` per iteration (sum of the kernels'
+    device durations, torch.profiler), ``busy`` = kernel time / ``wall_s`` (the measured wall time per
+    iteration), ``launches`` per iteration (kernel-launch API calls) and ``syncs`` per iteration (warnings of
+    ``torch.cuda.set_sync_debug_mode("warn")``: every host wait on the device)."""
+    import warnings
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    kernel_us, launches = 0.0, 0
+    for evt in prof.events():
+        if evt.device_type == DeviceType.CUDA:
+            kernel_us += evt.device_time_total if hasattr(evt, "device_time_total") else evt.cuda_time_total
+        elif evt.name in _LAUNCH_EVENTS:
+            launches += 1
+    syncs = 0
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(iters):
+                fn()
+        syncs = sum(1 for w in caught if "synchroniz" in str(w.message))
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    kernel_ms = kernel_us / 1e3 / iters
+    return {"kernel_ms": kernel_ms, "busy": min(1.0, kernel_ms / 1e3 / wall_s) if wall_s else 0.0,
+            "launches": launches / iters, "syncs": syncs / iters}
+
+
 def autocast(device, amp: str):
     """``torch.autocast`` for ``--amp bf16|fp16``; a no-op context for ``--amp none``."""
     if amp == "none":

@@ -2,13 +2,25 @@
 
 What is timed, per iteration (batch 2 at 512x512 by default, 7 random ground-truth boxes per image):
 
-* **ours**: ``loss_dict = model(batched_inputs)`` in train mode (normalization, padding, targets, forward,
-  Hungarian matching, the weighted losses of every prediction set; for KS models the GT mask, sMLP, the
-  triple-attention layer and the three decoder passes), ``sum(losses).backward()``, gradient clipping at
-  L2 norm 0.1 and ``AdamW.step()`` (lr 1e-4, weight decay 1e-4), ``zero_grad(set_to_none=True)``.
+* **ours**: one ``Trainer.run_step()`` as ``tools/train_net.py`` runs it: ``model(batched_inputs)`` in train mode
+  (normalization, padding, targets, forward, the batched Hungarian matching and weighted losses of every
+  prediction set; for KS models the GT mask, sMLP, the triple-attention layer and the one decoder pass over the
+  stacked memories), backward of the `LossDict` total, gradient clipping at L2 norm 0.1 (foreach), the AdamW of
+  ``configs/common/optim.py`` (lr 1e-4, weight decay 1e-4, fused), losses read every 20th iteration.
+  ``--amp bf16`` autocasts the forward as ``train.amp`` (with its bfloat16 weight copies unless
+  ``--no-weight-copies``); ``--compile`` compiles ``forward_raw`` as ``train.compile``.
 * **transformers**: the same normalization of the uint8 batch to ``pixel_values``, ``model(pixel_values,
   pixel_mask, labels=...)`` with auxiliary losses on, ``outputs.loss.backward()``, the same clipping,
   ``AdamW.step()`` and ``zero_grad``.
+
+``--activation-checkpoint`` adds, for each of our models, a row ``<model> +ckpt`` with every encoder and
+decoder layer checkpointed (``detrex.layers.set_activation_checkpoint``, as ``train.activation_checkpoint=True``)
+and a second table: peak memory without / with checkpointing, the reduction and the time ratio.
+
+On CUDA four more columns, from ``torch.profiler`` over 2 iterations after the timed ones: kernel time per
+iteration (sum of the GPU-side kernel durations), GPU busy (that over the median wall time), kernel launches per
+iteration (``cudaLaunchKernel*``/``cuLaunchKernel*`` calls) and host syncs per iteration
+(``torch.cuda.set_sync_debug_mode`` warnings over 2 more iterations, which include one log iteration in 20).
 
 Models of one architecture are timed in alternating rounds; rows report the median iteration time and the
 peak tensor memory of one extra iteration after the timed ones (activations, gradients and temporaries; the
@@ -31,24 +43,43 @@ import common as C  # noqa: E402
 NUM_BOXES = 7  # COCO train2017 averages 7.3 annotated objects per image
 
 
-def make_ours_step(model, images, boxes, classes):
+def make_ours_step(model, images, boxes, classes, amp="none", compile_model=False, weight_copies=True):
+    """One iteration of the project's `Trainer` (the path train_net takes): forward with the weighted losses (a
+    `LossDict`), backward, clipping at 0.1, the AdamW of configs/common/optim.py (fused where supported), losses
+    kept on the device and read every 20th iteration (train.log_period)."""
+    from detrex.config import get_config, instantiate
+    from detrex.engine import Trainer
+    from detrex.engine import compile_model as compile_detector
+    from detrex.solver import resolve_optimizer_impl
     from detrex.structures import Boxes, Instances
+    from detrex.utils.events import EventStorage
 
+    device = next(model.parameters()).device
     inputs = []
     for img, bx, cl in zip(images, boxes, classes):
         inst = Instances(tuple(img.shape[1:]), gt_boxes=Boxes(bx.to(img.device)), gt_classes=cl.to(img.device))
         inputs.append({"image": img, "height": img.shape[1], "width": img.shape[2], "instances": inst})
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    optim_cfg = get_config("common/optim.py").AdamW
+    optim_cfg.params.model = model
+    optim_cfg.lr, optim_cfg.weight_decay = 1e-4, 1e-4
+    resolve_optimizer_impl(optim_cfg, device)
+    if compile_model:
+        compile_detector(model)
+
+    def loader():
+        while True:
+            yield inputs
+
+    trainer = Trainer(model, loader(), instantiate(optim_cfg), amp=amp != "none", amp_dtype="bfloat16",
+                      amp_weight_copies=weight_copies,
+                      clip_grad_params={"max_norm": 0.1, "norm_type": 2}, device=device, gather_metric_period=20)
+    storage = EventStorage(0)
 
     def step():
-        loss_dict = model(inputs)
-        loss = sum(loss_dict.values())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.1)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        with storage:
+            storage.iter = trainer.iter
+            trainer.run_step()
+            trainer.iter += 1
 
     return step
 
@@ -76,6 +107,23 @@ def make_hf_step(model, images, boxes, classes):
     return step
 
 
+CKPT = " +ckpt"
+
+
+def checkpoint_table(results, size, batch):
+    """Peak memory and time of each model without and with activation checkpointing (``--activation-checkpoint``)."""
+    rows = []
+    for (arch, label), (sec, mem) in results.items():
+        if (arch, label + CKPT) not in results:
+            continue
+        sec_c, mem_c = results[(arch, label + CKPT)]
+        saved = None if mem is None or mem_c is None or mem == 0 else f"{100 * (1 - mem_c / mem):.1f} %"
+        rows.append([label, size, batch, C.fmt(None if mem is None else mem / 2**20, 0),
+                     C.fmt(None if mem_c is None else mem_c / 2**20, 0), saved or "-", f"{sec_c / sec:.2f}"])
+    return C.format_table(["model", "input", "batch", "peak MiB", "peak MiB, act. ckpt", "memory saved",
+                           "time ckpt/plain"], rows)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_common_args(parser, iters=3, warmup=1)
@@ -86,6 +134,11 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast dtype (GPU)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of each model")
+    parser.add_argument("--compile", action="store_true", help="train.compile=True for our models (forward_raw)")
+    parser.add_argument("--no-weight-copies", action="store_true",
+                        help="--amp bf16 as plain autocast (train.amp.weight_copies=False)")
+    parser.add_argument("--activation-checkpoint", action="store_true",
+                        help="also run our models with every encoder/decoder layer checkpointed (rows '+ckpt')")
     args = parser.parse_args(argv)
     C.resolve_common_args(args, iters=3, warmup=1)
     if args.smoke:
@@ -110,6 +163,7 @@ def main(argv=None):
     classes = [torch.randint(0, 80, (NUM_BOXES,), generator=g) for _ in range(b)]
 
     results = {}
+    gpu = {}
     profiles = []
     for arch in C.ARCHS:
         ours = [n for n in names if C.OUR_MODELS[n][0] == arch]
@@ -118,29 +172,46 @@ def main(argv=None):
         steps = {}
         for n in ours:
             torch.manual_seed(0)
-            steps[n] = make_ours_step(C.build_ours(n).to(device).train(), images, boxes, classes)
+            steps[n] = make_ours_step(C.build_ours(n).to(device).train(), images, boxes, classes, args.amp,
+                                      args.compile, not args.no_weight_copies)
+            if args.activation_checkpoint:
+                from detrex.layers import set_activation_checkpoint
+
+                torch.manual_seed(0)
+                model = C.build_ours(n).to(device).train()
+                set_activation_checkpoint(model)
+                steps[n + CKPT] = make_ours_step(model, images, boxes, classes, args.amp, args.compile,
+                                                 not args.no_weight_copies)
         if peers:
             torch.manual_seed(0)
-            steps["transformers"] = make_hf_step(C.build_hf(arch).to(device).train(), images, boxes, classes)
+            hf_step = make_hf_step(C.build_hf(arch).to(device).train(), images, boxes, classes)
+
+            def hf_autocast_step(fn=hf_step):
+                with C.autocast(device, args.amp):  # ours autocast their forward inside the Trainer
+                    return fn()
+
+            steps["transformers"] = hf_autocast_step
         times = {k: [] for k in steps}
         peaks = {k: None for k in steps}
-        with C.autocast(device, args.amp):
+        for label, step in steps.items():
+            for _ in range(args.warmup):
+                step()
+        for _ in range(max(args.iters, 1)):
             for label, step in steps.items():
-                for _ in range(args.warmup):
-                    step()
-            for _ in range(max(args.iters, 1)):
-                for label, step in steps.items():
-                    C.sync(device)
-                    t0 = time.perf_counter()
-                    step()
-                    C.sync(device)
-                    times[label].append(time.perf_counter() - t0)
-            if not args.no_memory:  # after the timed steps: AdamW's state exists and is not counted
-                for label, step in steps.items():
-                    peaks[label] = C.measure_peak_memory(step, device)
-            if args.profile:
-                for label, step in steps.items():
-                    profiles.append((f"{label} ({arch})", C.profile_top_ops(step, device)))
+                C.sync(device)
+                t0 = time.perf_counter()
+                step()
+                C.sync(device)
+                times[label].append(time.perf_counter() - t0)
+        if not args.no_memory:  # after the timed steps: AdamW's state exists and is not counted
+            for label, step in steps.items():
+                peaks[label] = C.measure_peak_memory(step, device)
+        if device.type == "cuda":
+            for label, step in steps.items():
+                gpu[(arch, label)] = C.gpu_activity(step, statistics.median(times[label]))
+        if args.profile:
+            for label, step in steps.items():
+                profiles.append((f"{label} ({arch})", C.profile_top_ops(step, device)))
         for label in steps:
             results[(arch, label)] = (statistics.median(times[label]), peaks[label])
             print(f"  {arch:<11} {label:<20} {results[(arch, label)][0] * 1e3:9.1f} ms", flush=True)
@@ -155,11 +226,21 @@ def main(argv=None):
             ks_ratio = f"{sec / results[(arch, base)][0]:.2f}"
         if label in C.OUR_MODELS and (arch, "transformers") in results:
             hf_ratio = f"{sec / results[(arch, 'transformers')][0]:.2f}"
-        rows.append([C.ARCH_TITLES[arch], label, f"{h}x{w}", b, C.fmt(sec * 1e3), C.fmt(b / sec, 2),
-                     C.fmt(None if mem is None else mem / 2**20, 0), ks_ratio, hf_ratio])
+        row = [C.ARCH_TITLES[arch], label, f"{h}x{w}", b, C.fmt(sec * 1e3), C.fmt(b / sec, 2),
+               C.fmt(None if mem is None else mem / 2**20, 0), ks_ratio, hf_ratio]
+        if gpu:
+            act = gpu[(arch, label)]
+            row += [C.fmt(act["kernel_ms"]), f"{100 * act['busy']:.0f} %", f"{act['launches']:.0f}",
+                    f"{act['syncs']:.0f}"]
+        rows.append(row)
     print()
-    print(C.format_table(["architecture", "model", "input", "batch", "ms/iter", "images/s", "peak MiB",
-                          "KS/baseline", "ours/transformers"], rows))
+    headers = ["architecture", "model", "input", "batch", "ms/iter", "images/s", "peak MiB", "KS/baseline",
+               "ours/transformers"]
+    if gpu:
+        headers += ["kernel ms/iter", "GPU busy", "launches/iter", "syncs/iter"]
+    print(C.format_table(headers, rows))
+    if args.activation_checkpoint:
+        print("\n" + checkpoint_table(results, f"{h}x{w}", b))
     for note in notes:
         print(f"note: {note}")
     for title, table in profiles:

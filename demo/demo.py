@@ -10,7 +10,9 @@
   file name ending in an image extension.
 * Overrides (``key=value``) after ``--opts`` (or at the end of the command line) go through
   ``LazyConfig.apply_overrides``; the checkpoint is ``train.init_checkpoint``.
-* Prints the number of detections above the threshold and the time per image. Works on CPU.
+* Prints the number of detections above the threshold (per class name) and the time per image. Works on CPU.
+* Class names come from the config's test dataset (``dataloader.test.dataset.names``): its metadata, or the
+  ``categories`` of its COCO json when the dataset was registered but not loaded.
 """
 import argparse
 import glob
@@ -108,6 +110,19 @@ def _count(predictions, threshold: float) -> int:
     return int((predictions["instances"].scores >= threshold).sum())
 
 
+def _per_class(predictions, threshold: float, metadata) -> str:
+    """``"tree: 3, car: 1"``: detections above ``threshold`` per class name (the labels drawn on the image)."""
+    from collections import Counter
+
+    from detrex.utils.visualizer import class_names_from_metadata
+
+    inst = predictions["instances"]
+    names = class_names_from_metadata(metadata)
+    classes = inst.pred_classes[inst.scores >= threshold].tolist()
+    counts = Counter(names[c] if names and 0 <= c < len(names) else f"class {c}" for c in classes)
+    return ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+
+
 def main(argv=None) -> int:
     parser = get_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -136,8 +151,10 @@ def main(argv=None) -> int:
             from detrex.utils.visualizer import save_image
 
             save_image(vis, out)
-            print(f"{path}: {_count(predictions, args.confidence_threshold)} detections "
-                  f"(score >= {args.confidence_threshold}) in {dt:.3f}s -> {out}", flush=True)
+            n = _count(predictions, args.confidence_threshold)
+            labels = f" [{_per_class(predictions, args.confidence_threshold, demo.predictor.metadata)}]" if n else ""
+            print(f"{path}: {n} detections (score >= {args.confidence_threshold}){labels} in {dt:.3f}s -> {out}",
+                  flush=True)
     except USER_ERRORS as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 2

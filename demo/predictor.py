@@ -9,7 +9,7 @@
 
 The test-time resize is the config's ``dataloader.test.mapper.augmentation`` (the same as evaluation), else
 detectron2's default (short side 800, long side at most 1333). Class names come from the metadata of the
-config's test dataset (``dataloader.test.dataset.names``).
+config's test dataset (``dataloader.test.dataset.names``), read from its COCO json when not loaded yet.
 
 Also used by the tools (``tools/visualize_attention.py``, ``tools/analyze_model.py``) to load configs and models
 the same way, with clear errors for missing files.
@@ -111,15 +111,23 @@ def test_augmentations(cfg) -> List:
 
 
 def dataset_metadata(cfg, dataset_name: Optional[str] = None):
-    """Metadata of ``dataset_name`` or of the config's test dataset; None when there is none."""
-    from detrex.data import MetadataCatalog
+    """Metadata of ``dataset_name`` or of the config's test dataset, with ``thing_classes`` read from the
+    dataset's COCO json when the metadata lacks them (a registered dataset that was not loaded); None when
+    there is no dataset. A json that cannot be read leaves the names out, with a warning (boxes are then
+    labelled "class <id>")."""
+    from detrex.data import MetadataCatalog, ensure_thing_classes
 
     name = dataset_name or try_get_key(cfg, "dataloader.test.dataset.names")
     if name is None:
         return None
     if not isinstance(name, str):
         name = list(name)[0]
-    return MetadataCatalog.get(name)
+    metadata = MetadataCatalog.get(name)
+    try:
+        ensure_thing_classes(metadata)
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning(f"No class names for dataset {name!r}: {e}")
+    return metadata
 
 
 class DefaultPredictor:

@@ -17,7 +17,12 @@ EMAHook, LRScheduler, EvalHook, PeriodicWriter, PeriodicCheckpointer (the checkp
 Resume (``--resume``) continues from the newest complete checkpoint of ``train.output_dir`` with
 model, optimizer, scheduler, grad scaler, EMA, data-loader position, RNG states (every rank's) and
 metric histories; ``metrics.json`` lines after the resumed iteration are dropped first, so the
-file ends up as an uninterrupted run would have written it.
+file ends up as an uninterrupted run would have written it. A checkpoint that completed more
+iterations than ``train.max_iter`` is reported in one line (nothing to train; how to extend; use
+``--eval-only`` for metrics) and the run exits 0; one that completed exactly ``train.max_iter``
+only runs the final evaluation. A larger (or smaller) ``train.max_iter`` than the checkpoint's
+run stretches (compresses) the LR schedule to the new length, and the log says so
+(``detrex.engine.hooks.LRScheduler``).
 
 User errors (missing config/checkpoint, unknown override key, wrong type, unregistered or empty
 dataset, undecodable image, unwritable output dir, non-finite loss, a peer process that died) end
@@ -50,7 +55,8 @@ from detrex.engine import (  # noqa: E402
     hooks,
     launch,
 )
-from detrex.engine import ema  # noqa: E402
+from detrex.engine import compile_model, ema  # noqa: E402
+from detrex.solver import resolve_optimizer_impl  # noqa: E402
 from detrex.utils import comm  # noqa: E402
 from detrex.utils.events import truncate_metrics_json  # noqa: E402
 
@@ -143,15 +149,34 @@ def _log_epoch_mapping(cfg, train_loader):
     )
 
 
+def _nothing_to_train(path: str, done: int, max_iter: int) -> str:
+    """The one line of a resumed run whose checkpoint is past ``train.max_iter`` (the run then exits 0)."""
+    return (f"Nothing to train: the checkpoint {path} has completed {done} iterations, more than "
+            f"train.max_iter={max_iter}. To train longer, resume with train.max_iter > {done} (the LR schedule "
+            f"is then stretched to the new length); for its metrics run --eval-only "
+            f"train.init_checkpoint={path}.")
+
+
 def do_train(args, cfg):
     """Build model, optimizer, data, trainer, checkpointer and hooks; then train."""
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
+    if try_get_key(cfg, "train.activation_checkpoint", default=False):
+        from detrex.layers import set_activation_checkpoint
+
+        num = set_activation_checkpoint(model)
+        logger.info(f"Activation checkpointing on {num} encoder/decoder layers (train.activation_checkpoint=True): "
+                    "their activations are recomputed in backward.")
+    maybe_compile(cfg, model)
 
     cfg.optimizer.params.model = model
+    optimizer_warning = resolve_optimizer_impl(cfg.optimizer, cfg.train.device)
+    if optimizer_warning:
+        logger.warning(optimizer_warning)
     optim = instantiate(cfg.optimizer)
 
+    _pin_train_batches(cfg)
     train_loader = instantiate(cfg.dataloader.train)
     _log_epoch_mapping(cfg, train_loader)
 
@@ -164,9 +189,12 @@ def do_train(args, cfg):
         optimizer=optim,
         amp=cfg.train.amp.enabled,
         amp_dtype=try_get_key(cfg, "train.amp.dtype", default="float16"),
+        amp_weight_copies=try_get_key(cfg, "train.amp.weight_copies", default=True),
         clip_grad_params=cfg.train.clip_grad.params if cfg.train.clip_grad.enabled else None,
         device=cfg.train.device,
         skip_nonfinite_loss=try_get_key(cfg, "train.skip_nonfinite_loss", default=False),
+        # losses stay on the device and are read once per log period (no host sync per iteration)
+        gather_metric_period=try_get_key(cfg, "train.log_period", default=20),
     )
     checkpointer = DetectionCheckpointer(
         model,
@@ -188,7 +216,14 @@ def do_train(args, cfg):
     if checkpointer.resumed_from:
         # the checkpoint holds the iteration that was just finished
         start_iter = trainer.iter + 1
+        if start_iter > cfg.train.max_iter:
+            logger.warning(_nothing_to_train(checkpointer.resumed_from, start_iter, cfg.train.max_iter))
+            return
         logger.info(f"Resuming from {checkpointer.resumed_from} at iteration {start_iter}.")
+        if start_iter == cfg.train.max_iter:
+            logger.info(f"All {start_iter} iterations of train.max_iter={cfg.train.max_iter} are done: nothing to "
+                        "train, only the final evaluation runs. To train longer, resume with a larger "
+                        "train.max_iter.")
     else:
         start_iter = 0
     writer = None
@@ -222,6 +257,32 @@ def do_train(args, cfg):
         ]
     )
     trainer.train(start_iter, cfg.train.max_iter)
+
+
+def _pin_train_batches(cfg):
+    """On CUDA, ask the training loader for page-locked batches (``pin_memory``) unless the config decides: the
+    model's non_blocking copies then overlap the previous step instead of waiting for it."""
+    import inspect
+
+    from detrex.config.targets import locate
+
+    loader = try_get_key(cfg, "dataloader.train")
+    if loader is None or not str(cfg.train.device).startswith("cuda") or "pin_memory" in loader:
+        return
+    target = loader.get("_target_")
+    target = locate(target) if isinstance(target, str) else target
+    try:
+        accepts = "pin_memory" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        loader.pin_memory = True
+
+
+def maybe_compile(cfg, model):
+    """``train.compile=True``: torch.compile the detector's forward_raw (see detrex/engine/compile.py)."""
+    if try_get_key(cfg, "train.compile", default=False):
+        compile_model(model, **dict(try_get_key(cfg, "train.compile_kwargs", default=None) or {}))
 
 
 def resolve_device(cfg):
@@ -263,6 +324,7 @@ def main(args):
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
+        maybe_compile(cfg, model)
         model = create_ddp_model(model)
         ema.may_build_model_ema(cfg, model)
         DetectionCheckpointer(

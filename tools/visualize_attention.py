@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     try:
         torch.set_grad_enabled(False)
         cfg = load_config(args.config_file, list(args.opts) + unknown)
-        from detrex.data import DatasetCatalog, MetadataCatalog
+        from detrex.data import DatasetCatalog, MetadataCatalog, ensure_thing_classes
 
         name = args.dataset or try_get_key(cfg, f"dataloader.{args.mapper}.dataset.names")
         if name is None:
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
             torch.manual_seed(seed)
         model = build_model(cfg, device=default_device(args.device))
         metadata = MetadataCatalog.get(name)
+        ensure_thing_classes(metadata)  # a dataset whose loader does not set them: the json's names
         is_deformable = deformable.find_deformable_attention(model) is not None
         os.makedirs(args.output, exist_ok=True)
         for idx in args.index:

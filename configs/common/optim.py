@@ -31,4 +31,8 @@ AdamW = L(torch.optim.AdamW)(
     lr=1e-4,
     betas=(0.9, 0.999),
     weight_decay=0.1,
+    # One fused kernel for all parameters, on CUDA and on the CPU (4x faster than foreach on a 2-core CPU,
+    # bench/README.md); it also skips a step with a non-finite loss on the device (no host sync). Where the
+    # device or torch has no fused kernel, train_net falls back to foreach=True with one warning.
+    fused=True,
 )

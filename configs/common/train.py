@@ -15,8 +15,10 @@ train = dict(
     # "partial" only warns (detectron2's behaviour)
     init_checkpoint_match="auto",
     max_iter=90000,
-    # Mixed precision: dtype "float16" (GradScaler on CUDA) or "bfloat16" (CPU and CUDA)
-    amp=dict(enabled=False, dtype="float16"),
+    # Mixed precision: dtype "float16" (GradScaler on CUDA) or "bfloat16" (CPU and CUDA). weight_copies
+    # (bfloat16, one process): the forward uses bfloat16 copies of the Linear/Conv weights refreshed once
+    # per step, instead of autocast casting every weight and gradient every iteration (same arithmetic)
+    amp=dict(enabled=False, dtype="float16", weight_copies=True),
     # Options for DistributedDataParallel
     ddp=dict(
         broadcast_buffers=False,
@@ -40,6 +42,16 @@ train = dict(
     # A NaN/inf loss raises (naming the loss, iteration and image ids) unless this is True: then
     # the batch is skipped (no optimizer step) and counted ("nonfinite_skipped" in metrics.json)
     skip_nonfinite_loss=False,
+    # Activation checkpointing: every encoder and decoder layer (KS triple-attention layers included)
+    # keeps only its inputs in the forward pass and recomputes its activations in backward
+    # (torch.utils.checkpoint, non-reentrant; dropout masks are replayed, gradients unchanged). Saves
+    # memory for about one extra forward pass of the transformer; see bench/README.md for the figures
+    activation_checkpoint=False,
+    # torch.compile of the detector's forward_raw (backbone to heads; the criterion stays eager), for
+    # training and evaluation. Dynamic shapes: one graph for every image size and box count (see
+    # detrex/engine/compile.py); the first iteration compiles (about a minute on a GPU)
+    compile=False,
+    compile_kwargs=dict(backend="inductor", dynamic=True),
     # Smoke test: max_iter=20, eval_period=10, log_period=1
     fast_dev_run=dict(enabled=False),
     # Periodic checkpoints model_{iter:07d}.pth; model_final.pth is always written at the end

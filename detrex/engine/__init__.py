@@ -3,6 +3,7 @@
 Everything runs on CPU as well as CUDA; ``train.device`` decides.
 """
 from . import hooks
+from .compile import compile_model
 from .defaults import (
     create_ddp_model,
     default_argument_parser,
@@ -25,4 +26,5 @@ __all__ = [
     "SimpleTrainer",
     "Trainer",
     "hooks",
+    "compile_model",
 ]

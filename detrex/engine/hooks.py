@@ -183,7 +183,11 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
             self.trainer.gather_rng_states = True
 
     def after_step(self):
-        self.step(self.trainer.iter)
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or (self.max_iter is not None and it >= self.max_iter - 1):
+            # losses still on the device are read first: a non-finite one stops the run before the save
+            self.trainer.flush_metrics()
+        self.step(it)
 
 
 class LRScheduler(HookBase):
@@ -192,20 +196,39 @@ class LRScheduler(HookBase):
     ``scheduler`` may be a torch LR scheduler or an fvcore ``ParamScheduler`` (a multiplier on
     [0, 1)); the latter is wrapped in :class:`~detrex.solver.LRMultiplier` in ``before_train``
     with ``last_iter = trainer.iter - 1``, so a resumed run continues the exact LR curve.
+
+    The checkpointed state holds the run's ``max_iter``. A run resumed with another
+    ``train.max_iter`` follows the ParamScheduler over the NEW length (the schedule is stretched,
+    or compressed: ``lr(iter) = base_lr * multiplier(iter / new max_iter)``, as a fresh run of
+    that length), and one log line says so with the multiplier before and after the change.
     """
 
     def __init__(self, optimizer=None, scheduler=None):
         self._optimizer = optimizer
         self._scheduler = scheduler
+        self._checkpoint_max_iter = None  # max_iter of the run a resumed checkpoint came from
 
     def before_train(self):
         self._optimizer = self._optimizer or self.trainer.optimizer
         if isinstance(self.scheduler, ParamScheduler):
+            self._log_schedule_change(self.scheduler)
             self._scheduler = LRMultiplier(
                 self._optimizer, self.scheduler, self.trainer.max_iter,
                 last_iter=self.trainer.iter - 1,
             )
         self._best_param_group_id = LRScheduler.get_best_param_group_id(self._optimizer)
+
+    def _log_schedule_change(self, multiplier: ParamScheduler) -> None:
+        old, new, it = self._checkpoint_max_iter, self.trainer.max_iter, self.trainer.iter
+        if old is None or old == new or it >= new:
+            return
+        before = multiplier(it / old) if it < old else multiplier(1.0)
+        logger.info(
+            f"train.max_iter is {new}, the resumed checkpoint's run had {old}: the LR schedule is "
+            f"{'stretched' if new > old else 'compressed'} to {new} iterations (it follows "
+            f"iteration / {new}); LR multiplier at iteration {it}: {before:.4g} in the old schedule, "
+            f"{multiplier(it / new):.4g} now."
+        )
 
     @staticmethod
     def get_best_param_group_id(optimizer) -> int:
@@ -232,11 +255,18 @@ class LRScheduler(HookBase):
         return self._scheduler or self.trainer.scheduler
 
     def state_dict(self):
+        state = {}
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
-            return self.scheduler.state_dict()
-        return {}
+            state = dict(self.scheduler.state_dict())
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer, "max_iter", None) is not None:
+            state["max_iter"] = int(trainer.max_iter)
+        return state
 
     def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        max_iter = state_dict.pop("max_iter", None)
+        self._checkpoint_max_iter = None if max_iter is None else int(max_iter)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
             logger.info("Loading scheduler from state_dict ...")
             self.scheduler.load_state_dict(state_dict)

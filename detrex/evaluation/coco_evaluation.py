@@ -6,7 +6,8 @@ reverse of metadata ``thing_dataset_id_to_contiguous_id``), gathered to rank 0, 
 ``<output_dir>/coco_instances_results.json`` and evaluated with COCOeval (faster-coco-eval when installed and
 ``use_fast_impl``, else pycocotools), maxDets ``[1, 10, 100]`` per image per category.
 
-Results: ``OrderedDict(bbox={"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>", ...})`` in percent;
+Results: ``OrderedDict(bbox={"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>", ...})`` in percent (class
+names from the metadata's ``thing_classes``, else from the json's ``categories``);
 NaN where COCOeval cannot compute a value (e.g. no ground truth of that size/class). No detections at all ->
 0.0 (NaN for classes without ground truth) and a warning. A predicted class id outside ``[0, num_classes)``
 -> ``ValueError`` naming the dataset, the id and ``num_classes``.
@@ -131,6 +132,10 @@ class COCOEvaluator(DatasetEvaluator):
                 f"Dataset '{dataset_name}': thing_dataset_id_to_contiguous_id values must be 0..K-1, got {self._id_map}"
             )
         self._reverse_id_map = {v: k for k, v in self._id_map.items()}
+        self._class_names = self._metadata.get("thing_classes")
+        if self._class_names is None:  # metadata of a dataset never loaded in this process: the json's names
+            cats = {c["id"]: c.get("name", str(c["id"])) for c in self._coco_api.dataset.get("categories", [])}
+            self._class_names = [cats.get(self._reverse_id_map[i], f"class {i}") for i in range(self._num_classes)]
         self.reset()
 
     def reset(self):
@@ -210,11 +215,11 @@ class COCOEvaluator(DatasetEvaluator):
                 self._results[task] = self._zero_results()
                 continue
             coco_eval = self._run_cocoeval(coco_results, task, img_ids)
-            self._results[task] = self._derive_coco_results(coco_eval, task, self._metadata.get("thing_classes"))
+            self._results[task] = self._derive_coco_results(coco_eval, task, self._class_names)
 
     def _zero_results(self) -> Dict[str, float]:
         res = {m: 0.0 for m in _METRICS}
-        class_names = self._metadata.get("thing_classes")
+        class_names = self._class_names
         if class_names and len(class_names) > 1:
             for idx, name in enumerate(class_names):
                 has_gt = len(self._coco_api.getAnnIds(catIds=[self._reverse_id_map[idx]])) > 0

@@ -1,5 +1,6 @@
 """Building blocks shared by the DETR-family models (detrex names)."""
 
+from .activation_checkpoint import CheckpointableLayer, set_activation_checkpoint
 from .attention import ConditionalCrossAttention, ConditionalSelfAttention, MultiheadAttention
 from .batch_norm import FrozenBatchNorm2d, get_norm
 from .box_ops import (
@@ -23,6 +24,8 @@ from .transformer import BaseTransformerLayer, TransformerLayerSequence
 from .wrappers import Conv2d
 
 __all__ = [
+    "CheckpointableLayer",
+    "set_activation_checkpoint",
     "MultiheadAttention",
     "ConditionalSelfAttention",
     "ConditionalCrossAttention",

@@ -35,11 +35,28 @@ class FrozenBatchNorm2d(nn.Module):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         return scale, self.bias - self.running_mean * scale
 
+    def _affine(self, dtype: torch.dtype):
+        """``(scale, shift)`` shaped (1, C, 1, 1) in ``dtype``, kept until a buffer changes (a checkpoint load, a
+        move to another device): the frozen statistics cost no operators per training step."""
+        buffers = (self.weight, self.bias, self.running_mean, self.running_var)
+        key = (dtype,) + tuple((t.data_ptr(), t._version) for t in buffers)
+        cached = getattr(self, "_affine_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                scale, shift = self.scale_and_shift()
+                cached = (key, scale.reshape(1, -1, 1, 1).to(dtype), shift.reshape(1, -1, 1, 1).to(dtype))
+            self._affine_cache = cached
+        return cached[1], cached[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
             # An explicit affine transform keeps the backward pass cheap (no grads for the stats).
-            scale, bias = self.scale_and_shift()
-            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
+            if torch.compiler.is_compiling():  # traced: the compiler folds the constants itself
+                scale, shift = self.scale_and_shift()
+                scale, shift = scale.reshape(1, -1, 1, 1).to(x.dtype), shift.reshape(1, -1, 1, 1).to(x.dtype)
+            else:
+                scale, shift = self._affine(x.dtype)
+            return x * scale + shift
         return F.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
         )

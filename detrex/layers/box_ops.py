@@ -14,20 +14,21 @@ __all__ = [
     "box_area",
     "box_iou",
     "generalized_box_iou",
+    "paired_generalized_box_iou",
     "inverse_sigmoid",
 ]
 
 
 def box_cxcywh_to_xyxy(bbox: torch.Tensor) -> torch.Tensor:
-    """(..., 4) cxcywh -> (..., 4) xyxy."""
-    cx, cy, w, h = bbox.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    """(..., 4) cxcywh -> (..., 4) xyxy (``c -/+ 0.5 * wh``; four operators whatever the shape)."""
+    center, half = bbox[..., :2], 0.5 * bbox[..., 2:]
+    return torch.cat([center - half, center + half], dim=-1)
 
 
 def box_xyxy_to_cxcywh(bbox: torch.Tensor) -> torch.Tensor:
-    """(..., 4) xyxy -> (..., 4) cxcywh."""
-    x0, y0, x1, y1 = bbox.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+    """(..., 4) xyxy -> (..., 4) cxcywh (``(lo + hi) / 2``, ``hi - lo``; four operators whatever the shape)."""
+    lo, hi = bbox[..., :2], bbox[..., 2:]
+    return torch.cat([(lo + hi) / 2, hi - lo], dim=-1)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -62,6 +63,18 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return iou - (enclosing - union) / enclosing
+
+
+def paired_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Generalized IoU of matched pairs: (..., 4) and (..., 4) xyxy boxes -> (...,); equals the diagonal of
+    `generalized_box_iou` (same arithmetic) without building the (N, N) matrix."""
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).prod(-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).prod(-1)
+    lo, hi = boxes1[..., :2], boxes1[..., 2:]
+    inter = (torch.min(hi, boxes2[..., 2:]) - torch.max(lo, boxes2[..., :2])).clamp(min=0).prod(-1)
+    union = area1 + area2 - inter
+    enclosing = (torch.max(hi, boxes2[..., 2:]) - torch.min(lo, boxes2[..., :2])).clamp(min=0).prod(-1)
+    return inter / union - (enclosing - union) / enclosing
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

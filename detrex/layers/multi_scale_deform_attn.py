@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import msda_dispatch
+from . import msda_dispatch, msda_op
 
 __all__ = [
     "multi_scale_deformable_attn_pytorch",
@@ -156,32 +156,26 @@ def ms_deform_attn(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     im2col_step: int = 64,
+    spatial_sizes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention core, dispatched to a compiled op when one serves ``value``'s device.
 
     Same tensors and result as :func:`multi_scale_deformable_attn_pytorch` (``(B, Q, M * D)``), plus
     ``level_start_index`` ``(L,)`` (computed from ``spatial_shapes`` when ``None``) and ``im2col_step`` (the
-    compiled op's batch chunk size; ignored by the pure-PyTorch path). Which path runs is logged once; see
-    :mod:`detrex.layers.msda_dispatch`.
+    compiled op's batch chunk size; ignored by the pure-PyTorch path). ``spatial_sizes``: the same ``(H_l, W_l)``
+    as Python ints, when the caller has them: the pure-PyTorch path then needs no host read of a device
+    ``spatial_shapes``. Which path runs is logged once; see :mod:`detrex.layers.msda_dispatch`. On the compiled path
+    a bad input raises :class:`detrex.layers.msda_op.MSDAInputError` (a ``ValueError`` and a ``RuntimeError``) from
+    Python, naming the argument, before the op runs.
     """
     op = msda_dispatch.compiled_op_for(value)
     if op is None:
-        return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
-    _check_core_shapes(value, sampling_locations, attention_weights, None, "ms_deform_attn")
-    if not isinstance(spatial_shapes, torch.Tensor):
-        spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=value.device)
-    if level_start_index is None:
-        sizes = spatial_shapes.prod(1)
-        level_start_index = torch.cat((sizes.new_zeros((1,)), sizes.cumsum(0)[:-1]))
-    # the compiled op rejects strided inputs; .contiguous() is free when they already are
-    return op(
-        value.contiguous(),
-        spatial_shapes,
-        level_start_index,
-        sampling_locations.contiguous(),
-        attention_weights.contiguous(),
-        im2col_step,
-    )
+        shapes = spatial_shapes if spatial_sizes is None else spatial_sizes
+        return multi_scale_deformable_attn_pytorch(value, shapes, sampling_locations, attention_weights)
+    # the compiled op's input checks run here, in Python, before any compiled code (its C++ checks are a second line)
+    args = msda_op.prepare_inputs("ms_deform_attn", value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, im2col_step, device_type=value.device.type)
+    return op(*args)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -328,10 +322,11 @@ class MultiScaleDeformableAttention(nn.Module):
         level_start_index: Optional[torch.Tensor],
         sampling_locations: torch.Tensor,
         attention_weights: torch.Tensor,
+        spatial_sizes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
         """Core op plus output projection: ``(B, S, M, D)`` values -> ``(B, Q, C)`` (no dropout, no residual)."""
         output = ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                                self.im2col_step)
+                                self.im2col_step, spatial_sizes=spatial_sizes)
         # the core computes in the promoted dtype of its inputs; project in value's dtype (as detrex does for fp16)
         return self.output_proj(output.to(value.dtype))
 
@@ -347,6 +342,7 @@ class MultiScaleDeformableAttention(nn.Module):
         reference_points: Optional[torch.Tensor] = None,
         spatial_shapes: Optional[ShapesLike] = None,
         level_start_index: Optional[torch.Tensor] = None,
+        spatial_sizes: Optional[Sequence[Tuple[int, int]]] = None,
         **kwargs,
     ) -> torch.Tensor:
         """Deformable attention with residual: ``identity + dropout(output_proj(MSDA(...)))``.
@@ -362,6 +358,7 @@ class MultiScaleDeformableAttention(nn.Module):
                 (always batch-first).
             spatial_shapes: ``(L, 2)`` int64 ``(H_l, W_l)``.
             level_start_index: ``(L,)`` start of each level in ``S`` (used by a compiled op).
+            spatial_sizes: optional ``[(H_l, W_l)]`` Python ints (saves the pure-PyTorch path a host read).
 
         Returns:
             Same layout as ``query``: ``(Q, B, C)``, or ``(B, Q, C)`` if ``batch_first``.
@@ -389,7 +386,8 @@ class MultiScaleDeformableAttention(nn.Module):
         value = self.project_value(value, key_padding_mask)
         sampling_locations = self.compute_sampling_locations(query, reference_points, spatial_shapes)
         attention_weights = self.compute_attention_weights(query)
-        output = self.attend(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        output = self.attend(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                             spatial_sizes)
         if not self.batch_first:
             output = output.transpose(0, 1)
         return self.dropout(output) + identity

@@ -4,6 +4,9 @@ A layer runs the operations named in ``operation_order`` -- ``"self_attn"``, ``"
 ``"ffn"`` -- in order. Post-norm (DETR) is ``("self_attn", "norm", "ffn", "norm")``; an order starting
 with ``"norm"`` is pre-norm, in which case residuals skip the norms. State-dict names:
 ``attentions.{i}``, ``ffns.{i}``, ``norms.{i}``, numbered in order of appearance.
+
+Layers are `CheckpointableLayer` s: ``detrex.layers.set_activation_checkpoint(model)`` makes every layer of
+every sequence recompute its activations in backward (``train.activation_checkpoint=True``).
 """
 
 import copy
@@ -13,12 +16,14 @@ from typing import List, Sequence, Union
 import torch
 import torch.nn as nn
 
+from .activation_checkpoint import CheckpointableLayer
+
 __all__ = ["BaseTransformerLayer", "TransformerLayerSequence"]
 
 _OPERATIONS = {"self_attn", "norm", "cross_attn", "ffn"}
 
 
-class BaseTransformerLayer(nn.Module):
+class BaseTransformerLayer(CheckpointableLayer, nn.Module):
     """One transformer layer built from given attention, FFN and norm modules.
 
     Args:
@@ -146,8 +151,11 @@ class TransformerLayerSequence(nn.Module):
         transformer_layers: one layer (deep-copied ``num_layers`` times) or a list of layers.
         num_layers: number of layers (defaults to the list length).
 
-    Subclasses implement ``forward``.
+    Subclasses implement ``forward``. ``use_checkpoint`` (set by `set_activation_checkpoint`, which also sets
+    it on every layer) records whether the layers are checkpointed.
     """
+
+    use_checkpoint = False
 
     def __init__(self, transformer_layers: Union[nn.Module, List[nn.Module]] = None, num_layers: int = None):
         super().__init__()

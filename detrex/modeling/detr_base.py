@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from detrex.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from detrex.layers.denoising import dn_post_process
 from detrex.structures import Boxes, ImageList, Instances
 
 __all__ = ["DETRBase", "detector_postprocess"]
@@ -82,12 +83,15 @@ class DETRBase(nn.Module):
     # ------------------------------------------------------------------ inputs
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalize each ``x["image"]`` ((C, H, W), any dtype) and pad the batch at the bottom/right with
-        0 (after normalization). ``image_sizes`` keeps each unpadded (h, w)."""
+        0 (after normalization). ``image_sizes`` keeps each unpadded (h, w).
+
+        Inputs are moved with ``non_blocking=True``: from pinned memory (the CUDA training loader pins its
+        batches) the copy overlaps earlier GPU work instead of waiting for it."""
         images = []
         for i, x in enumerate(batched_inputs):
             if "image" not in x:
                 raise KeyError(f"batched_inputs[{i}] has no 'image' (keys: {sorted(x)}); expected a (C, H, W) tensor")
-            img = x["image"].to(self.device)
+            img = x["image"].to(self.device, non_blocking=True)
             images.append((img - self.pixel_mean) / self.pixel_std)
         return ImageList.from_tensors(images, size_divisibility=self.size_divisibility, pad_value=0.0)
 
@@ -102,15 +106,15 @@ class DETRBase(nn.Module):
         return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
 
     def prepare_targets(self, batched_inputs: Union[List[Dict], List[Instances]]) -> List[Dict[str, torch.Tensor]]:
-        """Ground truth per image, on the model's device.
+        """Ground truth per image, on the model's device, built without reading the device on the host.
 
         Args:
             batched_inputs: the model inputs (dicts with ``"instances"``) or a list of `Instances`.
 
         Returns:
             per image: ``labels`` int64 (n,); ``boxes`` (n, 4) normalized cxcywh (by the augmented image
-            size); ``boxes_xyxy`` (n, 4) absolute xyxy in augmented-image pixels; ``image_size``
-            int64 tensor (h, w) of the augmented, unpadded image.
+            size); ``boxes_xyxy`` (n, 4) absolute xyxy in augmented-image pixels; ``image_hw`` the augmented,
+            unpadded image's (h, w) as Python ints, and ``image_size`` the same as an int64 CPU tensor.
         """
         targets = []
         for i, x in enumerate(batched_inputs):
@@ -122,16 +126,18 @@ class DETRBase(nn.Module):
                         "(use a dataset mapper with is_train=True)"
                     )
                 inst = x["instances"]
-            inst = inst.to(self.device)
-            h, w = inst.image_size
+            inst = inst.to(self.device, non_blocking=True)
+            h, w = (int(v) for v in inst.image_size)
             boxes_xyxy = inst.gt_boxes.tensor.float()
-            scale = torch.as_tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            # x / w and y / h with Python scalars: no (w, h) tensor to copy to the device
+            normalized = torch.stack([boxes_xyxy[:, 0::2] / w, boxes_xyxy[:, 1::2] / h], -1).flatten(1)
             targets.append(
                 {
                     "labels": inst.gt_classes.long(),
-                    "boxes": box_xyxy_to_cxcywh(boxes_xyxy / scale),
+                    "boxes": box_xyxy_to_cxcywh(normalized),
                     "boxes_xyxy": boxes_xyxy,
-                    "image_size": torch.as_tensor([h, w], dtype=torch.int64, device=self.device),
+                    "image_hw": (h, w),
+                    "image_size": torch.tensor([h, w], dtype=torch.int64),
                 }
             )
         return targets
@@ -144,13 +150,45 @@ class DETRBase(nn.Module):
         return [{"pred_logits": a, "pred_boxes": b} for a, b in zip(outputs_class[:-1], outputs_coord[:-1])]
 
     def pack_outputs(
-        self, outputs_class: torch.Tensor, outputs_coord: torch.Tensor, aux: Optional[bool] = None
+        self, outputs_class: torch.Tensor, outputs_coord: torch.Tensor, aux: Optional[bool] = None,
+        num_denoising_queries: int = 0,
     ) -> Dict:
         """[L, B, Q, K] logits and [L, B, Q, 4] boxes -> ``{"pred_logits", "pred_boxes"}`` of the last entry, plus
-        ``aux_outputs`` for the earlier ones when ``aux`` (default: ``self.aux_loss``)."""
+        ``aux_outputs`` for the earlier ones when ``aux`` (default: ``self.aux_loss``).
+
+        In training, also ``stacked_outputs``: the same sets as one (S, B, Q, ...) pair (S = L, or 1 without aux),
+        which the criterion scores in one batched computation. With ``num_denoising_queries`` = G*M, the inputs
+        hold DN-DETR's denoising queries first ([L, B, G*M + Q, ...]): the dict keys then show the matching part
+        only (``dn_post_process`` gives the denoising part) and ``stacked_outputs`` keeps both.
+        """
+        aux = self.aux_loss if aux is None else aux
+        stacked = None
+        if self.training:
+            sets = slice(None) if aux else slice(-1, None)
+            stacked = {"pred_logits": outputs_class[sets], "pred_boxes": outputs_coord[sets],
+                       "num_denoising_queries": num_denoising_queries}
+        if num_denoising_queries:
+            outputs_class = outputs_class[:, :, num_denoising_queries:]
+            outputs_coord = outputs_coord[:, :, num_denoising_queries:]
         output = {"pred_logits": outputs_class[-1], "pred_boxes": outputs_coord[-1]}
-        if self.aux_loss if aux is None else aux:
+        if aux:
             output["aux_outputs"] = self._set_aux_loss(outputs_class, outputs_coord)
+        if stacked is not None:
+            output["stacked_outputs"] = stacked
+        return output
+
+    def pack_dn_outputs(self, outputs_class: torch.Tensor, outputs_coord: torch.Tensor, denoising_groups: int,
+                        max_gt_num_per_image: int, aux: Optional[bool] = None) -> Dict:
+        """`pack_outputs` for DN-DETR's decoder outputs ([L, B, G*M + Q, ...], the G*M denoising queries first):
+        the matching part as `pack_outputs` gives it, plus ``denoising_output`` (see `dn_post_process`; None
+        without denoising queries), ``denoising_groups`` (G) and ``max_gt_num_per_image`` (M)."""
+        aux = self.aux_loss if aux is None else aux
+        _, _, dn_output = dn_post_process(outputs_class, outputs_coord, denoising_groups, max_gt_num_per_image,
+                                          aux_loss=aux)
+        num_dn = int(denoising_groups) * int(max_gt_num_per_image) if dn_output is not None else 0
+        output = self.pack_outputs(outputs_class, outputs_coord, aux=aux, num_denoising_queries=num_dn)
+        output.update(denoising_output=dn_output, denoising_groups=denoising_groups,
+                      max_gt_num_per_image=max_gt_num_per_image)
         return output
 
     def inference(
@@ -199,7 +237,13 @@ class DETRBase(nn.Module):
         return processed
 
     def compute_losses(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        """The criterion's losses, each multiplied by its ``criterion.weight_dict`` entry when present."""
+        """The criterion's losses, each multiplied by its ``criterion.weight_dict`` entry when present.
+
+        With a batched criterion (``weighted_losses``: `SetCriterion` and its subclasses) the result is a
+        `LossDict`, whose ``total`` the trainer uses instead of summing the keys one by one."""
+        weighted = getattr(self.criterion, "weighted_losses", None)
+        if weighted is not None:
+            return weighted(outputs, targets)
         loss_dict = self.criterion(outputs, targets)
         weight_dict = self.criterion.weight_dict
         return {k: (v * weight_dict[k] if k in weight_dict else v) for k, v in loss_dict.items()}

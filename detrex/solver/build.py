@@ -20,6 +20,7 @@ __all__ = [
     "backbone_lr_factor",
     "LRFactorByKeyword",
     "NORM_MODULE_TYPES",
+    "resolve_optimizer_impl",
 ]
 
 NORM_MODULE_TYPES = (
@@ -165,3 +166,36 @@ def reduce_param_groups(params: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             )
         ret.append(cur)
     return ret
+
+
+def _fused_supported(optimizer_cls, device) -> Optional[str]:
+    """None if ``optimizer_cls(fused=True)`` works for parameters on ``device`` with this torch, else why not."""
+    try:
+        optimizer_cls([torch.zeros(1, device=device, requires_grad=True)], lr=0.1, fused=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def resolve_optimizer_impl(optimizer_cfg, device) -> Optional[str]:
+    """Keep ``fused=True`` of an optimizer config (``configs/common/optim.py``) only where it works.
+
+    The fused Adam/AdamW/SGD kernels update every parameter in one launch and honour ``found_inf`` (the trainer
+    skips a non-finite step on the device with it). If the device or the installed torch has no such kernel,
+    ``fused`` becomes False and ``foreach`` True (the multi-tensor kernels). Edits ``optimizer_cfg`` in place;
+    returns the warning to log, or None.
+    """
+    if not optimizer_cfg.get("fused", False):
+        return None
+    target = optimizer_cfg.get("_target_")
+    if isinstance(target, str):
+        from detrex.config.targets import locate
+
+        target = locate(target)
+    why = _fused_supported(target, torch.device(device)) if target is not None else "no _target_"
+    if why is None:
+        return None
+    optimizer_cfg.fused = False
+    optimizer_cfg.foreach = True
+    return (f"optimizer.fused=True is not supported here ({why}); using foreach=True (multi-tensor kernels) instead. "
+            "A non-finite loss is then checked on the host every iteration.")

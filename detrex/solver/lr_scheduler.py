@@ -86,5 +86,10 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
 
     def get_lr(self) -> List[float]:
+        if self.last_epoch > self._max_iter:
+            raise ValueError(
+                f"LRMultiplier: iteration {self.last_epoch} is past max_iter={self._max_iter}; the schedule is "
+                "defined on iterations 0..max_iter. Train with a larger train.max_iter."
+            )
         multiplier = self._multiplier(self.last_epoch / self._max_iter)
         return [base_lr * multiplier for base_lr in self.base_lrs]

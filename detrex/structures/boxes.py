@@ -74,6 +74,10 @@ class Boxes:
     def to(self, *args, **kwargs) -> "Boxes":
         return Boxes(self.tensor.to(*args, **kwargs))
 
+    def pin_memory(self) -> "Boxes":
+        """A copy in page-locked memory (``DataLoader(pin_memory=True)`` calls this), for non-blocking copies."""
+        return Boxes(self.tensor.pin_memory())
+
     @property
     def device(self) -> torch.device:
         return self.tensor.device

@@ -66,6 +66,14 @@ class Instances:
             ret.set(k, v)
         return ret
 
+    def pin_memory(self) -> "Instances":
+        """The fields in page-locked memory (``DataLoader(pin_memory=True)`` calls this), for non-blocking
+        copies to a GPU; fields without ``pin_memory`` are kept as they are."""
+        ret = Instances(self._image_size)
+        for k, v in self._fields.items():
+            ret.set(k, v.pin_memory() if hasattr(v, "pin_memory") else v)
+        return ret
+
     def __getitem__(self, item) -> "Instances":
         if isinstance(item, int):
             if item >= len(self) or item < -len(self):

@@ -21,7 +21,6 @@ Everything here is deterministic and small enough to train in a second on one CP
 Fault injection for reliability tests: ``nan_ids`` (NaN targets -> non-finite loss for those
 samples) and ``TinyRegressor(exit_at_iter=, exit_rank=)`` (the process vanishes mid-training).
 """
-import logging
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -234,11 +233,22 @@ class TinyRegressionMapper:
     """
 
     def __init__(self, noise: float = 0.05, on_bad_image: str = "raise"):
-        if on_bad_image not in ("raise", "skip"):
-            raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        from detrex.data.bad_images import BadImagePolicy
+
         self.noise = noise
-        self.on_bad_image = on_bad_image
-        self.num_skipped = 0
+        self._bad_images = BadImagePolicy(on_bad_image)
+
+    @property
+    def on_bad_image(self) -> str:
+        return self._bad_images.mode
+
+    @on_bad_image.setter
+    def on_bad_image(self, value: str) -> None:
+        self._bad_images.mode = value
+
+    @property
+    def num_skipped(self) -> int:
+        return self._bad_images.num_skipped
 
     def __call__(self, d: dict) -> Optional[dict]:
         if "file_name" in d:
@@ -247,14 +257,11 @@ class TinyRegressionMapper:
             try:
                 read_image(d["file_name"], format="RGB")
             except BadImageError as e:
-                if self.on_bad_image == "raise":
-                    raise
-                self.num_skipped += 1
-                logging.getLogger(__name__).warning(
-                    f"skipping a bad image ({self.num_skipped} skipped so far): {e}")
+                self._bad_images.handle(e, d["file_name"])
                 return None
         x = torch.tensor(d["x"], dtype=torch.float32)
         if self.noise:
             x = x + self.noise * torch.from_numpy(np.random.randn(x.numel()).astype(np.float32))
-        return {"image_id": d["image_id"], "x": x, "y": torch.tensor(d["y"], dtype=torch.float32),
-                "width": d["width"], "height": d["height"]}
+        out = {"image_id": d["image_id"], "x": x, "y": torch.tensor(d["y"], dtype=torch.float32),
+               "width": d["width"], "height": d["height"]}
+        return self._bad_images.attach(out)

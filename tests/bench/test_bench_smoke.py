@@ -125,6 +125,18 @@ def test_train_step_smoke():
 
 
 @pytest.mark.slow
+def test_train_step_activation_checkpoint_smoke():
+    out = _run("train_step.py", "--models", "KS-Deformable-DETR", "--no-peers", "--activation-checkpoint")
+    rows = {r["model"]: r for r in _table(out, "model")}
+    assert set(rows) == {"KS-Deformable-DETR"}
+    r = rows["KS-Deformable-DETR"]
+    plain, ckpt = float(r["peak MiB"]), float(r["peak MiB, act. ckpt"])
+    assert 0 < ckpt < plain  # the encoder's and decoder's activations are not kept
+    assert abs(float(r["memory saved"].rstrip(" %")) - 100 * (1 - ckpt / plain)) < 0.2  # cells rounded to MiB
+    assert float(r["time ckpt/plain"]) > 0
+
+
+@pytest.mark.slow
 def test_data_smoke():
     out = _run("data.py")
     rows = _table(out, "workers")

@@ -72,3 +72,26 @@ def test_conv_folds_frozen_bn_in_eval_exactly():
         # folding is on the fly: parameters and buffers (the state dict) are untouched
         assert set(conv.state_dict()) == {"weight", "norm.weight", "norm.bias", "norm.running_mean",
                                           "norm.running_var"} | ({"bias"} if bias else set())
+
+
+def test_training_affine_follows_buffer_changes_and_dtype():
+    """The (scale, shift) kept between training steps is rebuilt when a buffer changes in place (checkpoint load,
+    EMA swap) or is replaced (device move), and per input dtype."""
+    bn = FrozenBatchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+
+    def expected(inp):
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        return inp * scale.view(1, -1, 1, 1).to(inp.dtype) + shift.view(1, -1, 1, 1).to(inp.dtype)
+
+    assert torch.equal(bn(x), expected(x))
+    bn.load_state_dict({"weight": torch.full((4,), 2.0), "bias": torch.ones(4), "running_mean": torch.ones(4),
+                        "running_var": torch.full((4,), 4.0)})
+    assert torch.equal(bn(x), expected(x))
+    bn.running_mean.add_(1.0)
+    assert torch.equal(bn(x), expected(x))
+    bn.running_var = torch.full((4,), 9.0)  # replaced, as .to(device) does
+    assert torch.equal(bn(x), expected(x))
+    xb = x.detach().bfloat16().requires_grad_()
+    assert bn(xb).dtype == torch.bfloat16 and torch.allclose(bn(xb).float(), expected(xb).float())

@@ -126,25 +126,48 @@ def test_empty_dataset_after_filtering(train_net, capsys, monkeypatch, tmp_path)
     assert code == 1 and name in msg and "filtered out" in msg
 
 
-def _images(root, n=32, bad=7):
+def _images(root, n=32, bad=(7,)):
     root.mkdir()
     for i in range(n):
         w, h = (20, 30) if i % 3 == 0 else (30, 20)
         Image.new("RGB", (w, h), (i, 2 * i, 3 * i)).save(root / f"{i}.png")
-    (root / f"{bad}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    return root / f"{bad}.png"
+    for b in bad:
+        (root / f"{b}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return [root / f"{b}.png" for b in bad]
 
 
 def test_undecodable_image_fails_or_is_skipped_by_option(train_net, capsys, tmp_path):
-    bad = _images(tmp_path / "images")
+    bad, = _images(tmp_path / "images")
     argv = ["--config-file", LOADER_CONFIG, f"train.output_dir={tmp_path / 'out'}", "train.max_iter=8",
             "train.eval_period=0", f"dataloader.train.dataset.image_root={tmp_path / 'images'}"]
     code, msg = _cli(train_net, capsys, *argv)
     assert code == 1 and str(bad) in msg
-    train_net.cli([str(a) for a in argv + ["dataloader.train.mapper.on_bad_image=skip",
+    # skip_bad_images=True: 8 iterations x 8 images = 2 epochs of the 32: the bad image is drawn twice, logged once
+    train_net.cli([str(a) for a in argv + ["dataloader.train.skip_bad_images=True",
                                            f"train.output_dir={tmp_path / 'out2'}"]])
     log = (tmp_path / "out2" / "log.txt").read_text()
-    assert "skipping a bad image (1 skipped so far)" in log and str(bad) in log
+    lines = [x for x in log.splitlines() if "Skipped a bad training image" in x]
+    assert len(lines) == 1 and str(bad) in lines[0] and "1 bad file(s) so far" in lines[0]
+    final = torch.load(tmp_path / "out2" / "model_final.pth", weights_only=True)
+    assert final["trainer"]["data_loader"]["bad_images"] == {"num_skips": 2, "files": {str(bad): 2}}
+    from reliability_utils import by_iter, metrics
+
+    skipped = by_iter(metrics(tmp_path / "out2"), "bad_images_skipped")
+    assert sorted(set(skipped.values())) == [1, 2]  # the running count, in metrics.json
+
+
+def test_too_many_bad_images_stop_the_run_with_one_line(train_net, capsys, tmp_path):
+    bad = _images(tmp_path / "images", bad=(3, 7))  # 2 of 32: more than max(1, 1 % of 32) = 1
+    argv = ["--config-file", LOADER_CONFIG, f"train.output_dir={tmp_path / 'out'}", "train.max_iter=8",
+            "train.eval_period=0", f"dataloader.train.dataset.image_root={tmp_path / 'images'}",
+            "dataloader.train.skip_bad_images=True"]
+    code, msg = _cli(train_net, capsys, *argv)
+    assert code == 1 and "2 distinct training images could not be used (of 32)" in msg
+    assert "max_bad_image_fraction=0.01 allows (1)" in msg and all(str(b) in msg for b in bad)
+    assert "tools/check_dataset.py" in msg
+    # a larger allowance (10 % of 32 = 3 files) trains to the end
+    train_net.cli([str(a) for a in argv + ["dataloader.train.max_bad_image_fraction=0.1",
+                                           f"train.output_dir={tmp_path / 'out2'}"]])
     assert (tmp_path / "out2" / "model_final.pth").is_file()
 
 

@@ -95,3 +95,9 @@ def test_common_optim_and_train_configs():
     assert train.device == "cuda" and train.amp.enabled is False
     assert train.clip_grad.params.max_norm == 0.1 and train.model_ema.decay == 0.999
     assert train.checkpointer.period == 5000 and train.max_iter == 90000
+
+
+def test_lr_multiplier_past_max_iter_is_a_clear_error():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=r"iteration 9 is past max_iter=5.*larger train.max_iter"):
+        LRMultiplier(opt, MultiStepParamScheduler(values=[1.0, 0.1], milestones=[4, 5]), max_iter=5, last_iter=8)

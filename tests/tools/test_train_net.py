@@ -195,3 +195,18 @@ def test_cuda_request_falls_back_to_cpu(monkeypatch):
     assert "CUDA is not available" in msg
     cfg = OmegaConf.create({"train": {"device": "cpu"}})
     assert train_net.resolve_device(cfg) is None
+
+
+def test_cuda_runs_pin_the_training_batches_unless_the_config_decides():
+    from detrex.config import LazyConfig
+
+    train_net = _import_train_net()
+    cfg = LazyConfig.load(str(REPO / "projects/ks_detr/configs/ks_dab_detr/ks_dab_detr_shapes_demo.py"))
+    train_net._pin_train_batches(cfg)  # the config says cpu
+    assert "pin_memory" not in cfg.dataloader.train
+    cfg.train.device = "cuda"
+    train_net._pin_train_batches(cfg)
+    assert cfg.dataloader.train.pin_memory is True
+    cfg.dataloader.train.pin_memory = False  # a config's own choice stays
+    train_net._pin_train_batches(cfg)
+    assert cfg.dataloader.train.pin_memory is False

@@ -1,6 +1,7 @@
 """Training criteria."""
 
 from .dn_criterion import DNCriterion
-from .set_criterion import SetCriterion
+from .loss_dict import LossDict
+from .set_criterion import PredictionGroup, SetCriterion
 
-__all__ = ["SetCriterion", "DNCriterion"]
+__all__ = ["SetCriterion", "DNCriterion", "LossDict", "PredictionGroup"]

@@ -3,7 +3,22 @@
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_loss"]
+__all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_elementwise"]
+
+
+def sigmoid_focal_loss_elementwise(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                                   gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss of every element: logits and {0, 1} targets of any (same) shape -> that shape.
+
+    ``alpha`` weights positives (negatives get 1 - alpha; < 0 disables it); ``gamma`` is the focusing exponent.
+    """
+    prob = inputs.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
 
 
 def sigmoid_focal_loss(
@@ -22,10 +37,4 @@ def sigmoid_focal_loss(
         Scalar ``sum(loss) / num_boxes``. (detrex computes ``loss.mean(1).sum() / num_boxes * Q``, the
         same value.)
     """
-    prob = inputs.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.sum() / num_boxes
+    return sigmoid_focal_loss_elementwise(inputs, targets, alpha, gamma).sum() / num_boxes

@@ -2,14 +2,14 @@
 
 Follows Deformable-DETR (Zhu et al. 2021) and detrex: when the outputs hold ``enc_outputs`` (two-stage mode),
 the proposals are matched to the ground truth with every label set to 0 (a single "object" class) and get
-the same losses, reported with the suffix ``_enc``.
+the same losses, reported with the suffix ``_enc``. They are a second `PredictionGroup`, matched in the same
+device-to-host transfer as the decoder sets.
 """
 
 from typing import Dict, List
 
-import torch
-
 from detrex.modeling.criterion import SetCriterion
+from detrex.modeling.criterion.set_criterion import PredictionGroup
 
 __all__ = ["DeformableCriterion"]
 
@@ -17,24 +17,13 @@ __all__ = ["DeformableCriterion"]
 class DeformableCriterion(SetCriterion):
     """`SetCriterion` plus ``loss_{class,bbox,giou}_enc`` for ``outputs["enc_outputs"]`` (two-stage only).
 
-    Same arguments as `SetCriterion`.
+    Same arguments as `SetCriterion`. ``outputs`` may hold ``enc_outputs``: ``{"pred_logits" (B, N, K),
+    "pred_boxes" (B, N, 4)}`` (the proposals, normalized cxcywh).
     """
 
-    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            outputs: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) normalized cxcywh, optional
-                ``aux_outputs`` and optional ``enc_outputs`` (``pred_logits`` (B, N, K), ``pred_boxes`` (B, N, 4)).
-            targets: per image ``labels`` (n,) and ``boxes`` (n, 4) normalized cxcywh.
-        """
-        decoder_outputs = {k: v for k, v in outputs.items() if k != "enc_outputs"}
-        losses = super().forward(decoder_outputs, targets)
-        enc_outputs = outputs.get("enc_outputs")
-        if enc_outputs is not None:
-            num_boxes = self.get_num_boxes(targets, enc_outputs["pred_logits"].device)
-            bin_targets = [dict(t, labels=torch.zeros_like(t["labels"])) for t in targets]
-            indices = self.matcher(enc_outputs, bin_targets)
-            for loss in self.losses:
-                for k, v in self.get_loss(loss, enc_outputs, bin_targets, indices, num_boxes).items():
-                    losses[f"{k}_enc"] = v
-        return losses
+    def prediction_groups(self, outputs: Dict) -> List[PredictionGroup]:
+        groups = super().prediction_groups({k: v for k, v in outputs.items() if k != "enc_outputs"})
+        enc = outputs.get("enc_outputs")
+        if enc is not None:
+            groups.append(PredictionGroup(enc["pred_logits"][None], enc["pred_boxes"][None], ["_enc"], binary=True))
+        return groups

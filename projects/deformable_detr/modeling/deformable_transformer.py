@@ -33,6 +33,7 @@ from detrex.layers import (
     inverse_sigmoid,
 )
 from detrex.layers.detr_transformer import DetrEncoder
+from detrex.utils.transfer import host_tensor
 
 __all__ = [
     "MultiLevelInputs",
@@ -55,6 +56,7 @@ class MultiLevelInputs:
         valid_ratios: (B, L, 2) float, the valid (unpadded) fraction ``(w, h)`` of each level.
         reference_points: (B, N, L, 2) normalized ``(x, y)`` of every token's centre, as seen from each
             level (the encoder's reference points).
+        spatial_sizes: ``[(H_l, W_l)]`` as Python ints (known on the host: no read of ``spatial_shapes``).
     """
 
     feat_flatten: torch.Tensor
@@ -64,11 +66,12 @@ class MultiLevelInputs:
     level_start_index: torch.Tensor
     valid_ratios: torch.Tensor
     reference_points: torch.Tensor
+    spatial_sizes: List[Tuple[int, int]]
 
     @property
     def level_sizes(self) -> List[Tuple[int, int]]:
         """``[(H_l, W_l)]`` as Python ints."""
-        return [(int(h), int(w)) for h, w in self.spatial_shapes.tolist()]
+        return list(self.spatial_sizes)
 
 
 def _check_layers(layers: Sequence[nn.Module], owner: str) -> None:
@@ -355,7 +358,7 @@ class DeformableDetrTransformer(nn.Module):
             masks.append(mask.flatten(1))
             poses.append(pos.flatten(2).transpose(1, 2) + self.level_embeds[lvl].view(1, 1, -1))
         device = feats[0].device
-        spatial_shapes = torch.as_tensor(sizes, dtype=torch.long, device=device)
+        spatial_shapes = host_tensor(sizes, torch.long, device)  # no host sync on a GPU
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in multi_level_masks], 1)
         return MultiLevelInputs(
@@ -366,6 +369,7 @@ class DeformableDetrTransformer(nn.Module):
             level_start_index=level_start_index,
             valid_ratios=valid_ratios,
             reference_points=self.get_reference_points(sizes, valid_ratios, device),
+            spatial_sizes=sizes,
         )
 
     # ------------------------------------------------------------------ steps
@@ -381,6 +385,7 @@ class DeformableDetrTransformer(nn.Module):
             reference_points=levels.reference_points,
             level_start_index=levels.level_start_index,
             valid_ratios=levels.valid_ratios,
+            spatial_sizes=levels.spatial_sizes,
             **kwargs,
         )
 
@@ -477,6 +482,7 @@ class DeformableDetrTransformer(nn.Module):
             spatial_shapes=levels.spatial_shapes,
             level_start_index=levels.level_start_index,
             valid_ratios=levels.valid_ratios,
+            spatial_sizes=levels.spatial_sizes,
         )
 
     def forward(self, multi_level_feats, multi_level_masks, multi_level_pos_embeds, query_embed, levels=None,

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from detrex.layers import MLP, inverse_sigmoid
-from detrex.layers.denoising import GenerateDNQueries, dn_post_process
+from detrex.layers.denoising import GenerateDNQueries
 from detrex.modeling.detr_base import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 from detrex.modeling.multi_scale_detr import MultiScaleDETR
 from detrex.structures import ImageList
@@ -155,10 +155,5 @@ class DNDeformableDETR(MultiScaleDETR):
             attn_masks=[queries["attn_mask"], None], levels=levels, **extra,
         )
         outputs_class, outputs_coord = self.predict(inter_states, init_reference, inter_references)
-        groups, max_gt = queries["denoising_groups"], queries["max_gt_num_per_image"]
-        outputs_class, outputs_coord, dn_output = dn_post_process(
-            outputs_class, outputs_coord, groups, max_gt, aux_loss=self.aux_loss
-        )
-        output = self.pack_outputs(outputs_class, outputs_coord)
-        output.update(denoising_output=dn_output, denoising_groups=groups, max_gt_num_per_image=max_gt)
-        return output
+        return self.pack_dn_outputs(outputs_class, outputs_coord, queries["denoising_groups"],
+                                    queries["max_gt_num_per_image"])

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from detrex.layers.denoising import GenerateDNQueries, dn_post_process
+from detrex.layers.denoising import GenerateDNQueries
 from detrex.structures import ImageList
 from projects.dab_detr.modeling import DABDETR
 
@@ -113,10 +113,5 @@ class DNDETR(DABDETR):
             **extra,
         )
         outputs_class, outputs_coord = self.predict(hidden_states, reference_boxes)
-        groups, max_gt = queries["denoising_groups"], queries["max_gt_num_per_image"]
-        outputs_class, outputs_coord, dn_output = dn_post_process(
-            outputs_class, outputs_coord, groups, max_gt, aux_loss=self.aux_loss
-        )
-        output = self.pack_outputs(outputs_class, outputs_coord)
-        output.update(denoising_output=dn_output, denoising_groups=groups, max_gt_num_per_image=max_gt)
-        return output
+        return self.pack_dn_outputs(outputs_class, outputs_coord, queries["denoising_groups"],
+                                    queries["max_gt_num_per_image"])

@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from detrex.layers import MultiScaleDeformableAttention
+from detrex.layers import CheckpointableLayer, MultiScaleDeformableAttention
 
 __all__ = ["KSMultiScaleTripleAttention", "KSDeformableTripleAttnEncoderLayer"]
 
@@ -70,6 +70,7 @@ class KSMultiScaleTripleAttention(MultiScaleDeformableAttention):
         reference_points: Optional[torch.Tensor] = None,
         spatial_shapes: Optional[torch.Tensor] = None,
         level_start_index: Optional[torch.Tensor] = None,
+        spatial_sizes=None,
         **kwargs,
     ) -> List[torch.Tensor]:
         """Self-attention of the student and both teachers.
@@ -80,7 +81,8 @@ class KSMultiScaleTripleAttention(MultiScaleDeformableAttention):
             teacher_query: X^t = sMLP(X, M), same shape.
             query_pos: P, added to both queries (not to the values).
             key_padding_mask: ``(B, N)`` bool, True at padded tokens (zeroed in both value tensors).
-            reference_points: ``(B, N, L, 2)`` normalized points; spatial_shapes ``(L, 2)``; level_start_index ``(L,)``.
+            reference_points: ``(B, N, L, 2)`` normalized points; spatial_shapes ``(L, 2)``; level_start_index ``(L,)``;
+                spatial_sizes: optional ``[(H_l, W_l)]`` Python ints.
             **kwargs: ignored (other attentions' inputs).
 
         Returns:
@@ -106,16 +108,16 @@ class KSMultiScaleTripleAttention(MultiScaleDeformableAttention):
         weights_t = self.compute_attention_weights(q_t, proj=self.attention_weights_teacher)
 
         outs = [
-            self.attend(value, spatial_shapes, level_start_index, loc, weights),  # student
-            self.attend(value, spatial_shapes, level_start_index, loc, weights_t),  # teacher 1: share V
-            self.attend(value_t, spatial_shapes, level_start_index, loc, weights),  # teacher 2: share A
+            self.attend(value, spatial_shapes, level_start_index, loc, weights, spatial_sizes),  # student
+            self.attend(value, spatial_shapes, level_start_index, loc, weights_t, spatial_sizes),  # teacher 1: share V
+            self.attend(value_t, spatial_shapes, level_start_index, loc, weights, spatial_sizes),  # teacher 2: share A
         ]
         if not self.batch_first:
             outs = [o.transpose(0, 1) for o in outs]
         return [identity + self.dropout(o) for o in outs]  # one dropout sample per branch
 
 
-class KSDeformableTripleAttnEncoderLayer(nn.Module):
+class KSDeformableTripleAttnEncoderLayer(CheckpointableLayer, nn.Module):
     """Post-norm deformable encoder layer ``self_attn -> norm -> ffn -> norm`` with triple attention.
 
     Submodule names follow detrex's ``BaseTransformerLayer`` (``attentions.0``, ``ffns.0``, ``norms.0/1``), so
@@ -128,7 +130,8 @@ class KSDeformableTripleAttnEncoderLayer(nn.Module):
         norm: a LayerNorm, copied for the two norm positions.
 
     ``forward`` has the baseline layer's call signature and runs the student only; `forward_teachers`
-    returns ``(E_student, [E_teacher1, E_teacher2])``.
+    returns ``(E_student, [E_teacher1, E_teacher2])``. Both are checkpointed as one unit when
+    ``use_checkpoint`` is set (`detrex.layers.set_activation_checkpoint`).
     """
 
     operation_order = ("self_attn", "norm", "ffn", "norm")
@@ -173,6 +176,10 @@ class KSDeformableTripleAttnEncoderLayer(nn.Module):
         Returns:
             (E_student, [E_teacher1 (share V), E_teacher2 (share A)]), each (B, N, C).
         """
+        return self.run_checkpointed(self._forward_teachers, query, teacher_query, query_pos=query_pos,
+                                     query_key_padding_mask=query_key_padding_mask, **kwargs)
+
+    def _forward_teachers(self, query, teacher_query, query_pos=None, query_key_padding_mask=None, **kwargs):
         ys = self.attentions[0].forward_teachers(query, teacher_query, query_pos=query_pos,
                                                  key_padding_mask=query_key_padding_mask, **kwargs)
         outs = [self._after_attention(y) for y in ys]

@@ -39,34 +39,43 @@ def boxes_to_canvas(
     Args:
         boxes_xyxy: per image a float tensor [n_i, 4] of absolute x1, y1, x2, y2 pixels (n_i may be 0).
         padded_size: (H, W) of the padded batch.
-        image_sizes: per image (h_i, w_i) of the unpadded image; needed only when ``pad_fg_pixel > 0``.
+        image_sizes: per image (h_i, w_i) of the unpadded image (Python ints); needed only when ``pad_fg_pixel > 0``.
         pad_fg_pixel: grow every box by this many pixels per side, clamped to the image (authors' option,
             0 in all released configs).
         device: canvas device; defaults to the first box tensor's device.
     Returns:
         (B, H, W) float tensor, 1 inside any box (rows y1..y2-1, columns x1..x2-1 after int64 truncation).
+
+    All boxes of the batch are painted at once on the device, with no host read (a fixed number of operators
+    whatever the box count): pixel (y, x) of image b is inside box k iff row y is in [y1_k, y2_k) and column x in
+    [x1_k, x2_k), so the canvas is ``rows^T diag(image b's boxes) cols > 0`` (an exact count of covering boxes).
     """
     H, W = int(padded_size[0]), int(padded_size[1])
     if device is None:
         device = boxes_xyxy[0].device if len(boxes_xyxy) > 0 else torch.device("cpu")
     if pad_fg_pixel > 0 and image_sizes is None:
         raise ValueError("boxes_to_canvas: pad_fg_pixel > 0 needs image_sizes to clamp the grown boxes.")
-    canvas = torch.zeros((len(boxes_xyxy), H, W), dtype=torch.float32, device=device)
     for i, boxes in enumerate(boxes_xyxy):
-        if boxes.numel() == 0:
-            continue
-        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        if boxes.numel() and (boxes.dim() != 2 or boxes.shape[-1] != 4):
             raise ValueError(f"boxes_to_canvas: image {i} has boxes of shape {tuple(boxes.shape)}; expected [n, 4] xyxy.")
-        b = boxes.detach().to(torch.int64)  # truncation toward zero, as the authors do
-        if pad_fg_pixel > 0:
-            h_i, w_i = int(image_sizes[i][0]), int(image_sizes[i][1])
-            b = b + torch.tensor([-pad_fg_pixel, -pad_fg_pixel, pad_fg_pixel, pad_fg_pixel], device=b.device)
-            b[:, 0::2] = b[:, 0::2].clamp(0, w_i)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h_i)
-        for x1, y1, x2, y2 in b.tolist():
-            # negative starts would wrap around in Python slicing; boxes never start left of/above the image
-            canvas[i, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
-    return canvas
+    counts = [int(boxes.shape[0]) if boxes.numel() else 0 for boxes in boxes_xyxy]
+    if sum(counts) == 0:
+        return torch.zeros((len(boxes_xyxy), H, W), dtype=torch.float32, device=device)
+    present = [boxes.reshape(-1, 4) for boxes, n in zip(boxes_xyxy, counts) if n]
+    b = torch.cat(present).detach().to(device=device, dtype=torch.int64)  # truncation toward zero, as the authors do
+    if pad_fg_pixel > 0:
+        limits = [(w, h, w, h) for (h, w), n in zip(image_sizes, counts) for _ in range(n)]
+        grow = torch.tensor([-pad_fg_pixel, -pad_fg_pixel, pad_fg_pixel, pad_fg_pixel], device=device)
+        b = torch.minimum((b + grow).clamp(min=0), torch.tensor(limits, dtype=torch.int64, device=device))
+    rows = torch.arange(H, device=device)
+    cols = torch.arange(W, device=device)
+    # negative starts mean "from 0" and negative ends "empty", as the authors' max(., 0) slicing
+    in_rows = ((rows >= b[:, 1:2]) & (rows < b[:, 3:4])).float()  # (K, H)
+    in_cols = ((cols >= b[:, 0:1]) & (cols < b[:, 2:3])).float()  # (K, W)
+    owner = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(counts) if n])
+    per_image = (owner == torch.arange(len(counts), device=device)[:, None]).float()  # (B, K)
+    covered = torch.einsum("kh,bk,kw->bhw", in_rows, per_image, in_cols)
+    return (covered > 0).float()
 
 
 def resize_canvas(canvas: torch.Tensor, feat_size: Tuple[int, int], rule: str = "authors") -> torch.Tensor:

@@ -6,6 +6,7 @@ the teachers use ``X^t + P`` for queries/keys. Sequence-first shapes as in ``pro
 """
 import torch
 
+from detrex.layers.batched_passes import repeat_batch, student_and_teacher_layers
 from projects.conditional_detr.modeling import ConditionalDetrTransformer, ConditionalDetrTransformerEncoder
 
 from .triple_attention import KSEncoderMixin
@@ -33,7 +34,7 @@ class KSConditionalDetrTransformer(ConditionalDetrTransformer):
 
     * without ``ks_teacher_tokens`` (eval, or no ground truth): exactly the baseline;
     * with it (training): the student memory and each teacher memory go through the *same* decoder with
-      identical inputs (query embeddings, positional embedding). Returns hidden states [L + T, B, Q, C] --
+      identical inputs (query embeddings, positional embedding), as one pass over the stacked batch. Returns hidden states [L + T, B, Q, C] --
       the L student decoder layers, then the final layer of each teacher (triple: teacher 1 share V, then
       teacher 2 share A) -- and the reference points [B, Q, 2]. The reference points come from the query
       embeddings only, so they are the same for every pass and every entry.
@@ -47,8 +48,9 @@ class KSConditionalDetrTransformer(ConditionalDetrTransformer):
                             "use KSConditionalDetrTransformerEncoder.")
         x, mask, query_embed, pos_embed = self.flatten_inputs(x, mask, query_embed, pos_embed)
         memory, teacher_memories = self.encoder.forward_teachers(x, pos_embed, mask, ks_teacher_tokens)
-        hidden_states, reference_points = self.decode(memory, mask, pos_embed, query_embed)
-        hs = [hidden_states]
-        for t_memory in teacher_memories:
-            hs.append(self.decode(t_memory, mask, pos_embed, query_embed)[0][-1:])
-        return torch.cat(hs, dim=0), reference_points
+        # one decoder pass for the student and the teachers: memories stacked along the batch (dim 1)
+        n = 1 + len(teacher_memories)
+        hidden_states, reference_points = self.decode(
+            torch.cat([memory, *teacher_memories], 1), repeat_batch(mask, n, 0), repeat_batch(pos_embed, n, 1),
+            repeat_batch(query_embed, n, 1))
+        return student_and_teacher_layers(hidden_states, n), reference_points[:memory.shape[1]]

@@ -41,7 +41,7 @@ class KSDABDETR(DABDETR):
             return {}
         boxes = [t["boxes_xyxy"] for t in targets]
         padded_size = tuple(images.tensor.shape[-2:])
-        image_sizes = [tuple(int(v) for v in t["image_size"]) for t in targets]
+        image_sizes = [t["image_hw"] for t in targets]
         fg = self.ksgt.token_mask(boxes, padded_size, tuple(features.shape[-2:]), image_sizes)
         fg = fg.to(device=features.device, dtype=features.dtype)
         return {"ks_teacher_tokens": functools.partial(self.ksgt, fg_mask=fg)}

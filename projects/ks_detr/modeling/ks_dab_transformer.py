@@ -8,6 +8,7 @@ define. Sequence-first shapes as in ``projects/dab_detr``.
 
 import torch
 
+from detrex.layers.batched_passes import repeat_batch, student_and_teacher_layers
 from projects.dab_detr.modeling import DabDetrTransformer, DabDetrTransformerEncoder
 
 from .triple_attention import KSEncoderMixin
@@ -42,7 +43,7 @@ class KSDabDetrTransformer(DabDetrTransformer):
 
     * without ``ks_teacher_tokens`` (eval, or no ground truth): exactly the baseline;
     * with it (training): the student memory and each teacher memory go through the *same* decoder with
-      identical inputs (anchors, positional embedding, mask). Returns hidden states and reference boxes
+      identical inputs (anchors, positional embedding, mask), as one pass over the stacked batch. Returns hidden states and reference boxes
       [L + T, B, Q, ...]: the L student decoder layers, then the final layer of each teacher
       (triple: teacher 1 share V, then teacher 2 share A).
     """
@@ -55,10 +56,9 @@ class KSDabDetrTransformer(DabDetrTransformer):
                             "use KSDabDetrTransformerEncoder.")
         x, mask, anchor_box_embed, pos_embed = self.flatten_inputs(x, mask, anchor_box_embed, pos_embed)
         memory, teacher_memories = self.encoder.forward_teachers(x, pos_embed, mask, ks_teacher_tokens)
-        hidden_states, reference_boxes = self.decode(memory, mask, pos_embed, anchor_box_embed)
-        hs, refs = [hidden_states], [reference_boxes]
-        for t_memory in teacher_memories:
-            t_hidden, t_ref = self.decode(t_memory, mask, pos_embed, anchor_box_embed)
-            hs.append(t_hidden[-1:])
-            refs.append(t_ref[-1:])
-        return torch.cat(hs, dim=0), torch.cat(refs, dim=0)
+        # one decoder pass for the student and the teachers: memories stacked along the batch (dim 1)
+        n = 1 + len(teacher_memories)
+        hidden_states, reference_boxes = self.decode(
+            torch.cat([memory, *teacher_memories], 1), repeat_batch(mask, n, 0), repeat_batch(pos_embed, n, 1),
+            repeat_batch(anchor_box_embed, n, 1))
+        return student_and_teacher_layers(hidden_states, n), student_and_teacher_layers(reference_boxes, n)

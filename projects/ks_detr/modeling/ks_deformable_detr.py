@@ -5,18 +5,21 @@ Training: a GT foreground token mask is built for every feature level (each resi
 same full-resolution box canvas, levels concatenated in token order); the sMLP fuses it into the input of the
 last encoder layer (padding from the transformer's ``mask_flatten``); that layer's triple deformable attention
 yields the student memory and two teacher memories, and the *same* decoder (same queries, reference points)
-runs on each. The heads are applied per pass (with box refinement, a pass's references are its own), and the
-detector returns 8 prediction sets: ``aux_outputs[0..5]`` = student decoder layers, ``aux_outputs[6]`` =
-teacher 1 (share V) final layer, ``pred_logits``/``pred_boxes`` = teacher 2 (share A) final layer; each set is
-matched independently by the criterion (24 loss keys).
+runs on each, as one pass over the three memories stacked along the batch. The heads are applied per pass (with
+box refinement, a pass's references are its own), and the detector returns 8 prediction sets:
+``aux_outputs[0..5]`` = student decoder layers, ``aux_outputs[6]`` = teacher 1 (share V) final layer,
+``pred_logits``/``pred_boxes`` = teacher 2 (share A) final layer; each set is matched independently by the
+criterion (24 loss keys; all sets in one batched computation).
 
 Eval (or no ground truth): no mask, no teachers: the model is Deformable-DETR and returns the student's last
 layer.
 """
+import dataclasses
 from typing import Callable, Dict, List, Optional
 
 import torch
 
+from detrex.layers.batched_passes import repeat_batch, student_and_teacher_layers
 from detrex.structures import ImageList
 from projects.deformable_detr.modeling.deformable_detr import DeformableDETR
 
@@ -53,7 +56,7 @@ class KSMultiScaleMixin:
         """(N = sum_l H_l*W_l, B) float {0, 1} foreground mask over the flattened levels, from each target's
         ``boxes_xyxy`` (absolute xyxy pixels of the augmented image) on the padded canvas ``images.tensor``."""
         boxes = [t["boxes_xyxy"] for t in targets]
-        image_sizes = [tuple(int(v) for v in t["image_size"]) for t in targets]
+        image_sizes = [t["image_hw"] for t in targets]
         fg = gt_token_mask_multi_level(
             boxes, tuple(images.tensor.shape[-2:]), levels.level_sizes, rule=self.ksgt.mask_rule,
             image_sizes=image_sizes, pad_fg_pixel=self.ksgt.pad_fg_pixel,
@@ -74,20 +77,20 @@ class KSMultiScaleMixin:
         return teacher_tokens
 
     def decode_all(self, memories: List[torch.Tensor], levels, decode_inputs: Dict, init_reference: torch.Tensor):
-        """Decode the student memory and each teacher memory with the same inputs and apply the heads per pass.
+        """Decode the student memory and each teacher memory with the same inputs, as one decoder pass over the
+        batch-stacked memories (``n * B`` entries), and apply the heads once (with box refinement each entry
+        refines its own references).
 
         Returns logits [L + T, B, Q, K] and boxes [L + T, B, Q, 4]: the student's L layers, then the final layer
         of each teacher pass.
         """
-        classes, coords = [], []
-        for i, memory in enumerate(memories):
-            states, references = self.transformer.decode(memory, levels, **decode_inputs)
-            cls, box = self.predict(states, init_reference, references)
-            if i > 0:  # teachers: final decoder layer only
-                cls, box = cls[-1:], box[-1:]
-            classes.append(cls)
-            coords.append(box)
-        return torch.cat(classes), torch.cat(coords)
+        n = len(memories)
+        stacked_levels = dataclasses.replace(levels, mask_flatten=repeat_batch(levels.mask_flatten, n, 0),
+                                             valid_ratios=repeat_batch(levels.valid_ratios, n, 0))
+        inputs = {k: (v if k == "attn_masks" else repeat_batch(v, n, 0)) for k, v in decode_inputs.items()}
+        states, references = self.transformer.decode(torch.cat(memories, 0), stacked_levels, **inputs)
+        cls, box = self.predict(states, repeat_batch(init_reference, n, 0), references)
+        return student_and_teacher_layers(cls, n), student_and_teacher_layers(box, n)
 
 
 class KSDeformableDETR(KSMultiScaleMixin, DeformableDETR):

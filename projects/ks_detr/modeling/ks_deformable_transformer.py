@@ -129,6 +129,7 @@ class KSDeformableTransformerMixin:
             reference_points=levels.reference_points,
             level_start_index=levels.level_start_index,
             valid_ratios=levels.valid_ratios,
+            spatial_sizes=levels.spatial_sizes,
             **kwargs,
         )
 

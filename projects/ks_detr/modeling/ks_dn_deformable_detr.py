@@ -14,7 +14,6 @@ returns the student's last layer.
 """
 from typing import Dict, List, Optional
 
-from detrex.layers.denoising import dn_post_process
 from detrex.structures import ImageList
 from projects.dn_deformable_detr.modeling.dn_deformable_detr import DNDeformableDETR
 
@@ -56,9 +55,5 @@ class KSDNDeformableDETR(KSMultiScaleMixin, DNDeformableDETR):
         # DNDeformableDetrTransformer.decode passes each memory as both key and value
         outputs_class, outputs_coord = self.decode_all([memory] + teacher_memories, levels, decode_inputs,
                                                        q["reference_points"])
-        groups, max_gt = queries["denoising_groups"], queries["max_gt_num_per_image"]
-        outputs_class, outputs_coord, dn_output = dn_post_process(
-            outputs_class, outputs_coord, groups, max_gt, aux_loss=self.aux_loss)
-        output = self.pack_outputs(outputs_class, outputs_coord, aux=True)  # teacher sets live in aux
-        output.update(denoising_output=dn_output, denoising_groups=groups, max_gt_num_per_image=max_gt)
-        return output
+        return self.pack_dn_outputs(outputs_class, outputs_coord, queries["denoising_groups"],
+                                    queries["max_gt_num_per_image"], aux=True)  # teacher sets live in aux

@@ -8,6 +8,7 @@ prediction set can be supervised (spec §5). Sequence-first shapes as in ``proje
 """
 import torch
 
+from detrex.layers.batched_passes import repeat_batch, student_and_teacher_layers
 from projects.dn_detr.modeling import DNDetrTransformer
 
 from .ks_dab_transformer import KSDabDetrTransformerEncoder
@@ -25,7 +26,7 @@ class KSDNDetrTransformer(DNDetrTransformer):
 
     * without ``ks_teacher_tokens`` (eval, or no ground truth): exactly the baseline;
     * with it (training): the student memory and each teacher memory are decoded with the same ``target``
-      (Q', B, C), anchors (Q', B, 4) and ``attn_mask`` (Q', Q'). Returns hidden states and reference boxes
+      (Q', B, C), anchors (Q', B, 4) and ``attn_mask`` (Q', Q'), as one pass over the stacked batch. Returns hidden states and reference boxes
       [L + T, B, Q', ...]: the L student decoder layers, then the final layer of each teacher (triple:
       teacher 1 share V, then teacher 2 share A). ``dn_post_process`` then splits every entry.
     """
@@ -40,11 +41,10 @@ class KSDNDetrTransformer(DNDetrTransformer):
                             "use KSDNDetrTransformerEncoder.")
         x, mask, anchor_box_embed, pos_embed = self.flatten_inputs(x, mask, anchor_box_embed, pos_embed)
         memory, teacher_memories = self.encoder.forward_teachers(x, pos_embed, mask, ks_teacher_tokens)
-        decoder_inputs = dict(target=target, attn_mask=attn_mask)
-        hidden_states, reference_boxes = self.decode(memory, mask, pos_embed, anchor_box_embed, **decoder_inputs)
-        hs, refs = [hidden_states], [reference_boxes]
-        for t_memory in teacher_memories:
-            t_hidden, t_ref = self.decode(t_memory, mask, pos_embed, anchor_box_embed, **decoder_inputs)
-            hs.append(t_hidden[-1:])
-            refs.append(t_ref[-1:])
-        return torch.cat(hs, dim=0), torch.cat(refs, dim=0)
+        # one decoder pass for the student and the teachers: memories stacked along the batch (dim 1); the
+        # self-attention mask (Q', Q') is the same for every batch entry
+        n = 1 + len(teacher_memories)
+        hidden_states, reference_boxes = self.decode(
+            torch.cat([memory, *teacher_memories], 1), repeat_batch(mask, n, 0), repeat_batch(pos_embed, n, 1),
+            repeat_batch(anchor_box_embed, n, 1), target=repeat_batch(target, n, 1), attn_mask=attn_mask)
+        return student_and_teacher_layers(hidden_states, n), student_and_teacher_layers(reference_boxes, n)

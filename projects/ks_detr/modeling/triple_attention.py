@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detrex.layers import CheckpointableLayer
+
 __all__ = [
     "TEACHER_PROJECTIONS",
     "MultiheadTripleAttention",
@@ -172,7 +174,7 @@ class KSMultiheadTripleAttention(nn.Module):
         return [query + self.proj_drop(z) for z in zs]
 
 
-class KSTripleAttnEncoderLayer(nn.Module):
+class KSTripleAttnEncoderLayer(CheckpointableLayer, nn.Module):
     """Post-norm encoder layer ``self_attn -> norm -> ffn -> norm`` with triple (or dual) attention.
 
     Submodule names follow detrex's ``BaseTransformerLayer`` (``attentions.0``, ``ffns.0``, ``norms.0/1``), so
@@ -181,7 +183,8 @@ class KSTripleAttnEncoderLayer(nn.Module):
     ``ffns.0`` and ``norms.1`` objects process every branch.
 
     ``forward`` (the baseline layer's call signature) runs the student only and returns (N, B, C);
-    ``forward_teachers`` also runs the teachers and returns ``(E_student, [E_teacher, ...])``.
+    ``forward_teachers`` also runs the teachers and returns ``(E_student, [E_teacher, ...])``. Both are
+    checkpointed as one unit when ``use_checkpoint`` is set (`detrex.layers.set_activation_checkpoint`).
     """
 
     operation_order = ("self_attn", "norm", "ffn", "norm")
@@ -226,6 +229,9 @@ class KSTripleAttnEncoderLayer(nn.Module):
             (E_student, [E_teacher1, E_teacher2]) for ``triple`` (teacher 1 shares V, teacher 2 shares A),
             (E_student, [E_teacher]) for the duals; all (N, B, C).
         """
+        return self.run_checkpointed(self._forward_teachers, query, teacher_query, query_pos, key_padding_mask)
+
+    def _forward_teachers(self, query, teacher_query, query_pos, key_padding_mask):
         ys = self.attentions[0].forward_teachers(query, teacher_query, query_pos, key_padding_mask)
         outs = [self._after_attention(y) for y in ys]
         return outs[0], outs[1:]

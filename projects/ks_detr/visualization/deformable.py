@@ -101,7 +101,9 @@ def capture_sampling(model, batched_inputs: List[Dict]) -> Dict:
                                    "transformer.decoder)")
             shapes = rec["spatial_shapes"]
             sizes = [(int(h), int(w)) for h, w in shapes.tolist()]
-            ref = model.transformer.get_reference_points(sizes, rec["valid_ratios"], rec["q"].device)
+            # KS models decode student and teachers in one pass (batch stacked, student first): keep the student's rows
+            ratios = rec["valid_ratios"][: rec["q"].shape[0]]
+            ref = model.transformer.get_reference_points(sizes, ratios, rec["q"].device)
             if ref.shape[1] != rec["q"].shape[1]:
                 raise RuntimeError(f"visualize_attention: {ref.shape[1]} reference points for "
                                    f"{rec['q'].shape[1]} tokens")

@@ -1,4 +1,5 @@
 """GT foreground/background token mask (ks_detr_method.md §2, §11.1)."""
+import pytest
 import torch
 
 from projects.ks_detr.modeling.gt_mask import boxes_to_canvas, gt_token_mask, gt_token_mask_multi_level
@@ -65,3 +66,35 @@ def test_pad_fg_pixel_grows_and_clamps_boxes():
     expected = torch.zeros(8, 10)
     expected[0:6, 0:5] = 1  # grown by 3 px per side, clamped to the 6x5 image (not the 8x10 canvas)
     assert torch.equal(c[0], expected)
+
+
+def _canvas_by_slices(boxes_xyxy, padded_size, image_sizes=None, pad_fg_pixel=0):
+    """The per-box slice painting the vectorized canvas replaced (reference)."""
+    canvas = torch.zeros((len(boxes_xyxy), *padded_size))
+    for i, boxes in enumerate(boxes_xyxy):
+        if boxes.numel() == 0:
+            continue
+        b = boxes.to(torch.int64)
+        if pad_fg_pixel > 0:
+            h_i, w_i = image_sizes[i]
+            b = b + torch.tensor([-pad_fg_pixel, -pad_fg_pixel, pad_fg_pixel, pad_fg_pixel])
+            b[:, 0::2] = b[:, 0::2].clamp(0, w_i)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h_i)
+        for x1, y1, x2, y2 in b.tolist():
+            canvas[i, max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 1.0
+    return canvas
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_vectorized_canvas_equals_slice_painting(pad):
+    g = torch.Generator().manual_seed(pad)
+    padded, sizes = (37, 53), [(37, 40), (30, 53), (20, 20)]
+    boxes = []
+    for n in (6, 0, 4):
+        xy = torch.rand(n, 2, generator=g) * 70 - 10  # some start left of / above the image, some beyond it
+        wh = torch.rand(n, 2, generator=g) * 25
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    boxes[2][0] = torch.tensor([-5.0, -7.0, -1.0, -2.0])  # entirely outside: empty
+    expected = _canvas_by_slices(boxes, padded, sizes, pad)
+    assert torch.equal(boxes_to_canvas(boxes, padded, sizes, pad), expected)
+    assert expected.sum() > 0
