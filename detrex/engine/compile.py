@@ -10,7 +10,8 @@ each batch has its own number of ground-truth boxes (and, for DN-DETR, of denois
 batch without recompiling. The alternative, padding to a few size buckets with static shapes, would still
 recompile for every box count, pad up to about 10 % more pixels and change nothing in the result; dynamic shapes
 cost a little speed per kernel instead. ``tests/engine/test_compile.py`` checks one graph, no recompile, over
-several sizes and box counts, and losses equal to eager.
+several sizes and box counts (torch 2.14; the older dynamo of torch 2.6 recompiles for new sizes: 3 graphs for the
+test's 3 batches, reused when those sizes come again), and losses equal to eager.
 """
 import logging
 

@@ -19,6 +19,10 @@ from op_count import make_batch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
 
+#: one dynamic-shape graph for every size and box count holds on the tested torch (constraints.txt: 2.14); torch 2.6
+#: (the oldest supported, `.ci/check_older_torch`) recompiles for new sizes (README, train.compile)
+ONE_GRAPH_FOR_ALL_SIZES = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
+
 
 def tiny_ks_dab():
     cfg = LazyConfig.load(os.path.join(ROOT, "tests/tools/configs/tiny_ks_dab_detr_shapes.py"))
@@ -55,15 +59,22 @@ def test_compiled_forward_raw_equals_eager_without_recompiles():
         assert c_grads.keys() == grads.keys()
         for name in grads:
             assert torch.allclose(c_grads[name], grads[name], rtol=1e-5, atol=1e-7), name
-    # every size and box count, a 4-box batch first (4 = the coordinate dim: no duck-shaping tie), one graph
-    assert counters["stats"]["unique_graphs"] == 1
+    train_graphs = counters["stats"]["unique_graphs"]
+    if ONE_GRAPH_FOR_ALL_SIZES:
+        # every size and box count, a 4-box batch first (4 = the coordinate dim: no duck-shaping tie), one graph
+        assert train_graphs == 1
+    else:  # older dynamo: at most one graph per new size, reused when the size comes again
+        assert 1 <= train_graphs <= len(batches)
+    for batch in batches:  # a second epoch over the same sizes compiles nothing
+        losses_and_grads(model, batch)
+    assert counters["stats"]["unique_graphs"] == train_graphs
     model.eval()
     with torch.no_grad():
         compiled_eval = model(batches[0])
     for a, b in zip(compiled_eval, eager_eval):
         assert torch.allclose(a["instances"].scores, b["instances"].scores, rtol=1e-6)
         assert torch.allclose(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor, rtol=1e-6)
-    assert counters["stats"]["unique_graphs"] == 2  # plus the evaluation graph
+    assert counters["stats"]["unique_graphs"] == train_graphs + 1  # plus the evaluation graph
     assert "_orig_mod" not in "".join(model.state_dict())  # checkpoints keep their keys
 
 
