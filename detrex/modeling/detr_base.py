@@ -191,6 +191,29 @@ class DETRBase(nn.Module):
                       max_gt_num_per_image=max_gt_num_per_image)
         return output
 
+    def select_topk(self, box_cls: torch.Tensor, box_pred: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top-k (query, class) pairs of every image, as `inference` and the ONNX exporter
+        (`detrex.deploy.export`) select them.
+
+        Args:
+            box_cls: (B, Q, K) logits (before sigmoid).
+            box_pred: (B, Q, 4) normalized cxcywh boxes.
+
+        Returns:
+            ``scores`` (B, k) sigmoid scores in decreasing order, ``labels`` (B, k) int64 class ids and
+            ``boxes`` (B, k, 4) the normalized cxcywh box of each pair's query, with
+            k = min(``select_box_nums_for_evaluation``, Q * K). Only tensor operations (it traces for export).
+        """
+        _, q, k = box_cls.shape
+        prob = box_cls.sigmoid().flatten(1)  # (B, Q * K), query-major
+        topk = min(self.select_box_nums_for_evaluation, int(q) * int(k))
+        scores, indexes = torch.topk(prob, topk, dim=1)
+        query_idx = torch.div(indexes, k, rounding_mode="floor")
+        labels = indexes % k
+        boxes = torch.gather(box_pred, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))
+        return scores, labels, boxes
+
     def inference(
         self, box_cls: torch.Tensor, box_pred: torch.Tensor, image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
@@ -208,13 +231,7 @@ class DETRBase(nn.Module):
         """
         if len(box_cls) != len(image_sizes):
             raise ValueError(f"inference: {len(box_cls)} predictions for {len(image_sizes)} images")
-        b, q, k = box_cls.shape
-        prob = box_cls.sigmoid().view(b, -1)
-        topk = min(self.select_box_nums_for_evaluation, q * k)
-        scores, indexes = torch.topk(prob, topk, dim=1)
-        query_idx = torch.div(indexes, k, rounding_mode="floor")
-        labels = indexes % k
-        boxes = torch.gather(box_pred, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))
+        scores, labels, boxes = self.select_topk(box_cls, box_pred)
         results = []
         for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
             result = Instances((h, w))
