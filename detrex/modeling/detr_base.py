@@ -45,6 +45,17 @@ def detector_postprocess(results: Instances, output_height: int, output_width: i
     return results[boxes.nonempty()]
 
 
+def _nearest_source_index(in_size, out_size, device) -> torch.Tensor:
+    """(out_size,) int64 source indices of PyTorch's ``nearest`` interpolation (no scale factor given):
+    ``min(floor(i * (in / out)), in - 1)`` with the ratio and the product in float32, as its CPU kernel computes
+    them. Sizes may be Python ints or traced 0-dim tensors."""
+    in_f = torch.as_tensor(in_size, dtype=torch.float32, device=device)
+    out_f = torch.as_tensor(out_size, dtype=torch.float32, device=device)
+    scale = in_f / out_f
+    idx = torch.floor(torch.arange(out_size, device=device).to(torch.float32) * scale).to(torch.int64)
+    return torch.minimum(idx, torch.as_tensor(in_size, device=device).to(torch.int64) - 1)
+
+
 class DETRBase(nn.Module):
     """Base class of DETR-family detectors (image normalization, padding masks, targets, aux outputs,
     top-k inference, post-processing, weighted losses).
@@ -102,7 +113,16 @@ class DETRBase(nn.Module):
 
     @staticmethod
     def downsample_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Nearest-neighbour resize of a (B, H, W) bool mask to (B, h, w) bool (detrex convention)."""
+        """Nearest-neighbour resize of a (B, H, W) bool mask to (B, h, w) bool (detrex convention).
+
+        While tracing (ONNX export) the same source rows/columns are gathered explicitly: PyTorch picks
+        ``min(floor(i * float32(H / h)), H - 1)``, and an exported ``Resize`` computes ``i / float32(h / H)``
+        instead, which can round to the neighbouring source pixel (e.g. 240 -> 8 columns: 7 / (8 / 240) < 210)
+        and flip padding cells."""
+        if torch.jit.is_tracing():
+            rows = _nearest_source_index(mask.shape[1], size[0], mask.device)
+            cols = _nearest_source_index(mask.shape[2], size[1], mask.device)
+            return mask.index_select(1, rows).index_select(2, cols)
         return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
 
     def prepare_targets(self, batched_inputs: Union[List[Dict], List[Instances]]) -> List[Dict[str, torch.Tensor]]:
