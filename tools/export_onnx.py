@@ -84,8 +84,6 @@ def main(argv=None) -> int:
     if args.opset < 16:
         return _error(f"--opset {args.opset}: grid_sample (deformable attention) needs opset 16 or later")
 
-    import torch
-
     from demo.predictor import USER_ERRORS, build_model, load_config
     from detrex.deploy.export import _resize_settings, example_inputs, export_onnx
     from detrex.deploy.parity import BOX_TOL, SCORE_TOL, check_parity
@@ -109,7 +107,6 @@ def main(argv=None) -> int:
         return _error(f"could not build the model of {args.config_file}: {type(e).__name__}: {e}")
     if not hasattr(model, "select_topk"):
         return _error(f"{type(model).__name__} is not a DETR-family detector (DETRBase); nothing to export")
-    torch.set_grad_enabled(False)
     height, width = args.size or (resize["min_size"], resize["max_size"] or resize["min_size"])
 
     # ---------------------------------------------------------------------------------------- export

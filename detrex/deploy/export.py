@@ -220,7 +220,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: int
     with warnings.catch_warnings():
         # tracer warnings about Python values (class count, number of levels) fixed in the graph: expected
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated (not removed)
         with torch.no_grad():
             torch.onnx.export(wrapper, (images, sizes), path, dynamo=False, input_names=list(INPUT_NAMES),
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset,
