@@ -80,7 +80,8 @@ class ExportableDetector(nn.Module):
             if not hasattr(model, name):
                 raise TypeError(f"ExportableDetector: {type(model).__name__} has no {name!r}; expected a DETRBase "
                                 "detector (detrex.modeling.detr_base)")
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # the exporter restores the wrapper's mode afterwards: eval, so the detector stays in eval
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor,
                                                                                   torch.Tensor]:
@@ -210,6 +211,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: int
 
     if opset < 16:
         raise ValueError(f"opset {opset} < 16: GridSample (deformable attention) needs opset 16 or later")
+    was_training = model.training
     wrapper = ExportableDetector(model)
     images, sizes = example_inputs(batch, height, width, input_dtype)
     dynamic_axes = None
@@ -225,6 +227,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch: int
             torch.onnx.export(wrapper, (images, sizes), path, dynamo=False, input_names=list(INPUT_NAMES),
                               output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset,
                               do_constant_folding=True)
+    model.train(was_training)
     meta = deploy_metadata(model, cfg)
     meta.update(input_height=-1 if dynamic else height, input_width=-1 if dynamic else width,
                 batch=-1 if dynamic else batch, input_dtype=input_dtype, dynamic=bool(dynamic),
