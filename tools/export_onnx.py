@@ -48,7 +48,8 @@ def _size(text: str):
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, usage="%(prog)s --config-file CFG --output FILE [options] [key=value ...]",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig .py of the detector")
     p.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
@@ -63,7 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--box-tol", type=float, default=None, help="box tolerance, relative to the image size (1e-3)")
     p.add_argument("--score-tol", type=float, default=None, help="score tolerance, absolute (1e-4)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    # key=value config overrides go anywhere on the line (collected by parse_known_args)
     return p
 
 
@@ -75,7 +76,7 @@ def _error(msg: str) -> int:
 def main(argv=None) -> int:
     parser = get_parser()
     args, unknown = parser.parse_known_args(argv)
-    opts = [o for o in list(args.opts) + unknown if o != "--"]
+    opts = [o for o in unknown if o != "--"]
     bad = [o for o in opts if "=" not in o or o.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
