@@ -53,9 +53,16 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
 ]
 
+# ONNX export and deployment (tools/export_onnx.py, detrex.deploy, demo --onnx, bench/inference.py --onnx). The
+# exporter is torch's TorchScript-based one (torch.onnx.export(..., dynamo=False)), which needs no onnxscript;
+# `onnx` writes the metadata (and reads files), `onnxruntime` runs them (GridSample of opset 16+: onnxruntime >= 1.17
+# runs all of our graphs, tested with 1.32). Part of "dev" so that CI runs the export tests.
+EXPORT_REQUIRES = ["onnx>=1.15", "onnxruntime>=1.17"]
+
 EXTRAS_REQUIRE = {
     # torchvision must be the release built for the installed torch (0.21 <-> 2.6, ..., 0.29 <-> 2.14)
-    "dev": ["pytest>=7", "black", "torchvision>=0.21", "timm>=1.0"],
+    "dev": ["pytest>=7", "black", "torchvision>=0.21", "timm>=1.0"] + EXPORT_REQUIRES,
+    "export": EXPORT_REQUIRES,
     "fast-eval": ["faster-coco-eval>=1.8"],
 }
 

@@ -13,7 +13,8 @@ What is timed, per call:
 The images are on the device before the clock starts on both sides. The models of one architecture are timed
 in alternating rounds (ours, KS, transformers, ours, ...) so that load drift hits them alike; each row reports
 the median. ``--compile`` adds a table of ``torch.compile`` (inductor) vs eager for the non-deformable
-detectors. Run ``python bench/inference.py --help`` for the options.
+detectors. ``--onnx`` instead times onnxruntime (CPU) on each model's ONNX export next to PyTorch eager (CPU),
+batch 1 (`run_onnx`). Run ``python bench/inference.py --help`` for the options.
 """
 
 import argparse
@@ -100,10 +101,15 @@ def main(argv=None):
     parser.add_argument("--compile-models", default="DAB-DETR,Conditional-DETR", help="models for --compile")
     parser.add_argument("--compile-sizes", default="512x512", help="sizes for --compile, batch 1 (default 512x512)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of each model")
+    parser.add_argument("--onnx", action="store_true",
+                        help="instead: export each model to ONNX (dynamic batch/size) and time onnxruntime (CPU) next "
+                             "to PyTorch eager (CPU) at batch 1")
     args = parser.parse_args(argv)
     C.resolve_common_args(args, iters=3, warmup=1)
     if args.smoke:
         args.sizes, args.batch_sizes, args.compile_sizes = "64x96", "1", "64x96"
+    if args.onnx:
+        return run_onnx(args)
     sizes = parse_sizes(args.sizes)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     names, peers, notes = C.select_models(args)
@@ -169,6 +175,66 @@ def main(argv=None):
         run_compile(args, names, device)
     for title, table in profiles:
         print(f"\n## torch.profiler top ops: {title}\n{table}")
+    return 0
+
+
+def run_onnx(args):
+    """onnxruntime (CPU) vs PyTorch eager (CPU) at batch 1: each model is exported once with dynamic batch and size
+    (``detrex.deploy.export_onnx``, uint8 images) and timed at every ``--sizes`` in alternating rounds.
+
+    Both sides do the same work: normalization, padding mask, backbone, transformer, top-300 selection and boxes
+    at the input size (eager: ``model(batched_inputs)``, which also rescales to ``height``/``width`` -- the input
+    size here, a no-op multiply). The images are uint8 (3, H, W) / (1, 3, H, W) arrays in memory before the clock
+    starts. onnxruntime uses ``--threads`` intra-op threads (default: its own choice), as torch does."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from detrex.deploy.export import export_onnx
+
+    names = C.parse_names(args.models, list(C.OUR_MODELS), "model")
+    sizes = parse_sizes(args.sizes)
+    device = torch.device("cpu")
+    print(f"# bench/inference.py --onnx on {C.machine_info(device)}; onnxruntime {ort.__version__} (CPU)")
+    print(f"# {' '.join(sys.argv)}")
+    print(f"# batch 1, median of {args.iters} after {args.warmup} warm-up call(s); threads={args.threads or 'default'}")
+    opts = ort.SessionOptions()
+    if args.threads:
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            model = C.build_ours(name).eval()
+            path = os.path.join(tmp, f"{name}.onnx")
+            h0, w0 = sizes[0]
+            t0 = time.perf_counter()
+            export_onnx(model, path, h0, w0, batch=1, dynamic=True)
+            export_s = time.perf_counter() - t0
+            mb = os.path.getsize(path) / 2**20
+            sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            for h, w in sizes:
+                images = C.random_images(1, h, w, device)
+                feed = {"images": images[0][None].numpy(), "image_sizes": np.array([[h, w]], dtype=np.int64)}
+
+                def ort_run(feed=feed):
+                    return sess.run(None, feed)
+
+                eager = ours_call(model, images)
+                med, _ = timed_rounds({"eager": eager, "onnxruntime": ort_run}, device, args.warmup, args.iters, "none")
+                ref = eager()[0]["instances"].scores.numpy()
+                diff = float(np.abs(np.sort(ort_run()[1][0])[::-1] - ref).max())
+                rows.append([name, f"{h}x{w}", C.fmt(med["eager"] * 1e3), C.fmt(med["onnxruntime"] * 1e3),
+                             f"{med['onnxruntime'] / med['eager']:.2f}", C.fmt(export_s), C.fmt(mb, 0),
+                             f"{diff:.1e}"])
+                print(f"  {name:<20} {h}x{w}: eager {med['eager'] * 1e3:9.1f} ms, onnxruntime "
+                      f"{med['onnxruntime'] * 1e3:9.1f} ms", flush=True)
+            del model, sess
+            gc.collect()
+    print()
+    print(C.format_table(["model", "input (batch 1)", "PyTorch eager ms", "onnxruntime ms", "ort/eager",
+                          "export s", "onnx MB", "max score diff"], rows))
     return 0
 
 

@@ -10,6 +10,8 @@
   file name ending in an image extension.
 * Overrides (``key=value``) after ``--opts`` (or at the end of the command line) go through
   ``LazyConfig.apply_overrides``; the checkpoint is ``train.init_checkpoint``.
+* ``--onnx model.onnx``: run an exported model (``tools/export_onnx.py``) with onnxruntime instead (no checkpoint;
+  the config still gives the test-time resize and the class names), to check an export on your own images.
 * Prints the number of detections above the threshold (per class name) and the time per image. Works on CPU.
 * Class names come from the config's test dataset (``dataloader.test.dataset.names``): its metadata, or the
   ``categories`` of its COCO json when the dataset was registered but not loaded.
@@ -22,7 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # demo/ (this script's folder)
 
-from predictor import USER_ERRORS, DefaultPredictor, UserInputError, VisualizationDemo, default_device, load_config  # noqa: E402
+from predictor import (USER_ERRORS, DefaultPredictor, OnnxDemoPredictor, UserInputError,  # noqa: E402
+                       VisualizationDemo, default_device, load_config)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
@@ -35,6 +38,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder (or image file for a single input image)")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn boxes")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="run this exported model (tools/export_onnx.py) with onnxruntime instead of the PyTorch "
+                        "model; the config gives the test-time resize and class names, no checkpoint is needed")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="key=value config overrides")
     return p
 
@@ -137,8 +143,11 @@ def main(argv=None) -> int:
             raise UserInputError("--input: give either images or a single video file, not both")
         from detrex.data.detection_utils import read_image
 
-        demo = VisualizationDemo(DefaultPredictor(cfg, device=default_device(args.device)),
-                                 confidence_threshold=args.confidence_threshold)
+        if args.onnx:
+            predictor = OnnxDemoPredictor(cfg, args.onnx)
+        else:
+            predictor = DefaultPredictor(cfg, device=default_device(args.device))
+        demo = VisualizationDemo(predictor, confidence_threshold=args.confidence_threshold)
         if videos:
             run_video(demo, videos[0], args.output)
             return 0

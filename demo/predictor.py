@@ -30,7 +30,7 @@ if _REPO_ROOT not in sys.path:  # `projects.<name>` modules import from a source
 from detrex.config import LazyConfig, instantiate, try_get_key  # noqa: E402
 
 __all__ = ["USER_ERRORS", "UserInputError", "load_config", "default_device", "build_model", "test_augmentations", "dataset_metadata",
-           "DefaultPredictor", "VisualizationDemo"]
+           "DefaultPredictor", "OnnxDemoPredictor", "VisualizationDemo"]
 
 logger = logging.getLogger("detrex.demo")
 
@@ -167,6 +167,55 @@ class DefaultPredictor:
         resized, _ = apply_transform_gens(self.augmentations, np.ascontiguousarray(image))
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+class OnnxDemoPredictor:
+    """`DefaultPredictor`'s interface on an exported ``.onnx`` (``tools/export_onnx.py``), run by
+    `detrex.deploy.OnnxPredictor` (onnxruntime; no checkpoint needed).
+
+    The test-time resize comes from the config (``dataloader.test.mapper.augmentation``, a `ResizeShortestEdge`), as
+    for `DefaultPredictor`; a different resize stored in the file is reported with a warning and the config's is used.
+    Class names: the config's test dataset, else the names stored in the file.
+
+    ``__call__(image)`` takes an (H, W, 3) uint8 array (``input_format``) and returns ``{"instances": Instances}``
+    (CPU tensors: ``pred_boxes`` absolute XYXY in the image's pixels, ``scores``, ``pred_classes``).
+    """
+
+    def __init__(self, cfg, onnx_path: str, input_format: str = "RGB"):
+        if not os.path.isfile(onnx_path):
+            raise UserInputError(f"ONNX file not found: {onnx_path!r} (absolute: {os.path.abspath(onnx_path)})")
+        try:
+            from detrex.deploy import OnnxPredictor
+            self.onnx = OnnxPredictor(onnx_path, input_format=input_format)
+        except ImportError as e:
+            raise UserInputError(f"--onnx needs onnxruntime: pip install -e \".[export]\" ({e})") from e
+        from detrex.data.transforms import ResizeShortestEdge
+
+        augs = test_augmentations(cfg)
+        if len(augs) != 1 or not isinstance(augs[0], ResizeShortestEdge) or len(set(augs[0].short_edge_length)) != 1:
+            raise UserInputError("--onnx: the config's test mapper must resize with one ResizeShortestEdge size")
+        short, max_size = augs[0].short_edge_length[0], augs[0].max_size
+        max_size = 0 if max_size >= sys.maxsize else int(max_size)
+        if (short, max_size) != (self.onnx.min_size, self.onnx.max_size):
+            warnings.warn(f"{onnx_path} was exported with test resize {self.onnx.min_size}/{self.onnx.max_size}; "
+                          f"using the config's {short}/{max_size}")
+        self.onnx.min_size, self.onnx.max_size = int(short), max_size
+        self.cfg = cfg
+        self.metadata = dataset_metadata(cfg)
+        if self.metadata is None and self.onnx.class_names:
+            from types import SimpleNamespace
+
+            self.metadata = SimpleNamespace(thing_classes=list(self.onnx.class_names))
+
+    def __call__(self, image: np.ndarray) -> Dict:
+        from detrex.structures import Boxes, Instances
+
+        out = self.onnx(image)
+        inst = Instances(tuple(image.shape[:2]))
+        inst.pred_boxes = Boxes(torch.from_numpy(out["boxes"]))
+        inst.scores = torch.from_numpy(out["scores"])
+        inst.pred_classes = torch.from_numpy(out["classes"])
+        return {"instances": inst}
 
 
 class VisualizationDemo:

@@ -43,6 +43,12 @@ ShapesLike = Union[torch.Tensor, Sequence[Sequence[int]]]
 # --------------------------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------------------------
+def _tracing() -> bool:
+    """True while ``torch.jit.trace`` or the TorchScript ONNX exporter records the model: the pure-PyTorch op then
+    runs (whatever op is built) and level sizes stay traced values, so the exported graph takes any image size."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _shape_str(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
@@ -55,11 +61,15 @@ def _level_sizes(spatial_shapes: ShapesLike, where: str) -> List[Tuple[int, int]
                              f"got {_shape_str(spatial_shapes)}")
         if spatial_shapes.is_floating_point() or spatial_shapes.is_complex():
             raise TypeError(f"{where}: spatial_shapes must be an integer tensor, got {spatial_shapes.dtype}")
+        if _tracing():  # one traced (H_l, W_l) pair per level instead of constants read to the host
+            return [(spatial_shapes[i, 0], spatial_shapes[i, 1]) for i in range(spatial_shapes.shape[0])]
         pairs = spatial_shapes.tolist()
     else:
         pairs = [list(p) for p in spatial_shapes]
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"{where}: spatial_shapes must be a list of (H_l, W_l) pairs, got {spatial_shapes!r}")
+    if _tracing():  # keep traced sizes (0-dim tensors) as they are: int() would freeze them into the graph
+        return [(h, w) for h, w in pairs]
     sizes = [(int(h), int(w)) for h, w in pairs]
     if not sizes or any(h <= 0 or w <= 0 for h, w in sizes):
         raise ValueError(f"{where}: spatial_shapes must hold at least one level of positive (H_l, W_l), got {sizes}")
@@ -123,7 +133,7 @@ def multi_scale_deformable_attn_pytorch(
     _check_core_shapes(value, sampling_locations, attention_weights, len(sizes), where)
     b, s, m, d = value.shape
     _, q, _, num_levels, p, _ = sampling_locations.shape
-    if sum(h * w for h, w in sizes) != s:
+    if not _tracing() and sum(h * w for h, w in sizes) != s:
         raise ValueError(f"{where}: value has S={s} tokens but spatial_shapes {sizes} sum to "
                          f"{sum(h * w for h, w in sizes)}; value must hold every level's H_l*W_l tokens")
 
@@ -131,14 +141,15 @@ def multi_scale_deformable_attn_pytorch(
     value, sampling_locations, attention_weights = (t.to(dtype) for t in (value, sampling_locations, attention_weights))
     acc_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-    value_per_level = value.split([h * w for h, w in sizes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     # (B, Q, M, L, P) -> (B*M, 1, Q, L, P): broadcasts against (B*M, D, Q, P) per level
     weights = attention_weights.transpose(1, 2).reshape(b * m, 1, q, num_levels, p)
     output = None
+    start = 0
     for lvl, (h, w) in enumerate(sizes):
-        # (B, H*W, M, D) -> (B*M, D, H, W)
-        value_l = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)
+        # level lvl's tokens (slicing, not split: the sizes may be traced values) (B, H*W, M, D) -> (B*M, D, H, W)
+        value_l = value[:, start:start + h * w].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)
+        start = start + h * w
         # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
         grid_l = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -168,7 +179,7 @@ def ms_deform_attn(
     a bad input raises :class:`detrex.layers.msda_op.MSDAInputError` (a ``ValueError`` and a ``RuntimeError``) from
     Python, naming the argument, before the op runs.
     """
-    op = msda_dispatch.compiled_op_for(value)
+    op = None if _tracing() else msda_dispatch.compiled_op_for(value)
     if op is None:
         shapes = spatial_shapes if spatial_sizes is None else spatial_sizes
         return multi_scale_deformable_attn_pytorch(value, shapes, sampling_locations, attention_weights)

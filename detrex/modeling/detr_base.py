@@ -45,6 +45,17 @@ def detector_postprocess(results: Instances, output_height: int, output_width: i
     return results[boxes.nonempty()]
 
 
+def _nearest_source_index(in_size, out_size, device) -> torch.Tensor:
+    """(out_size,) int64 source indices of PyTorch's ``nearest`` interpolation (no scale factor given):
+    ``min(floor(i * (in / out)), in - 1)`` with the ratio and the product in float32, as its CPU kernel computes
+    them. Sizes may be Python ints or traced 0-dim tensors."""
+    in_f = torch.as_tensor(in_size, dtype=torch.float32, device=device)
+    out_f = torch.as_tensor(out_size, dtype=torch.float32, device=device)
+    scale = in_f / out_f
+    idx = torch.floor(torch.arange(out_size, device=device).to(torch.float32) * scale).to(torch.int64)
+    return torch.minimum(idx, torch.as_tensor(in_size, device=device).to(torch.int64) - 1)
+
+
 class DETRBase(nn.Module):
     """Base class of DETR-family detectors (image normalization, padding masks, targets, aux outputs,
     top-k inference, post-processing, weighted losses).
@@ -102,7 +113,16 @@ class DETRBase(nn.Module):
 
     @staticmethod
     def downsample_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Nearest-neighbour resize of a (B, H, W) bool mask to (B, h, w) bool (detrex convention)."""
+        """Nearest-neighbour resize of a (B, H, W) bool mask to (B, h, w) bool (detrex convention).
+
+        While tracing (ONNX export) the same source rows/columns are gathered explicitly: PyTorch picks
+        ``min(floor(i * float32(H / h)), H - 1)``, and an exported ``Resize`` computes ``i / float32(h / H)``
+        instead, which can round to the neighbouring source pixel (e.g. 240 -> 8 columns: 7 / (8 / 240) < 210)
+        and flip padding cells."""
+        if torch.jit.is_tracing():
+            rows = _nearest_source_index(mask.shape[1], size[0], mask.device)
+            cols = _nearest_source_index(mask.shape[2], size[1], mask.device)
+            return mask.index_select(1, rows).index_select(2, cols)
         return F.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
 
     def prepare_targets(self, batched_inputs: Union[List[Dict], List[Instances]]) -> List[Dict[str, torch.Tensor]]:
@@ -191,6 +211,29 @@ class DETRBase(nn.Module):
                       max_gt_num_per_image=max_gt_num_per_image)
         return output
 
+    def select_topk(self, box_cls: torch.Tensor, box_pred: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top-k (query, class) pairs of every image, as `inference` and the ONNX exporter
+        (`detrex.deploy.export`) select them.
+
+        Args:
+            box_cls: (B, Q, K) logits (before sigmoid).
+            box_pred: (B, Q, 4) normalized cxcywh boxes.
+
+        Returns:
+            ``scores`` (B, k) sigmoid scores in decreasing order, ``labels`` (B, k) int64 class ids and
+            ``boxes`` (B, k, 4) the normalized cxcywh box of each pair's query, with
+            k = min(``select_box_nums_for_evaluation``, Q * K). Only tensor operations (it traces for export).
+        """
+        _, q, k = box_cls.shape
+        prob = box_cls.sigmoid().flatten(1)  # (B, Q * K), query-major
+        topk = min(self.select_box_nums_for_evaluation, int(q) * int(k))
+        scores, indexes = torch.topk(prob, topk, dim=1)
+        query_idx = torch.div(indexes, k, rounding_mode="floor")
+        labels = indexes % k
+        boxes = torch.gather(box_pred, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))
+        return scores, labels, boxes
+
     def inference(
         self, box_cls: torch.Tensor, box_pred: torch.Tensor, image_sizes: List[Tuple[int, int]]
     ) -> List[Instances]:
@@ -208,13 +251,7 @@ class DETRBase(nn.Module):
         """
         if len(box_cls) != len(image_sizes):
             raise ValueError(f"inference: {len(box_cls)} predictions for {len(image_sizes)} images")
-        b, q, k = box_cls.shape
-        prob = box_cls.sigmoid().view(b, -1)
-        topk = min(self.select_box_nums_for_evaluation, q * k)
-        scores, indexes = torch.topk(prob, topk, dim=1)
-        query_idx = torch.div(indexes, k, rounding_mode="floor")
-        labels = indexes % k
-        boxes = torch.gather(box_pred, 1, query_idx.unsqueeze(-1).expand(-1, -1, 4))
+        scores, labels, boxes = self.select_topk(box_cls, box_pred)
         results = []
         for scores_i, labels_i, boxes_i, (h, w) in zip(scores, labels, boxes, image_sizes):
             result = Instances((h, w))

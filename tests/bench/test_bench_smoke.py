@@ -113,6 +113,19 @@ def test_inference_smoke():
 
 
 @pytest.mark.slow
+def test_inference_onnx_smoke():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out = _run("inference.py", "--onnx", "--models", "DAB-DETR")
+    rows = _table(out, "model")
+    assert [r["model"] for r in rows] == ["DAB-DETR"]
+    r = rows[0]
+    assert r["input (batch 1)"] == "64x96"
+    assert float(r["PyTorch eager ms"]) > 0 and float(r["onnxruntime ms"]) > 0
+    assert float(r["max score diff"]) <= 1e-4  # the exported model gives the eager scores
+
+
+@pytest.mark.slow
 def test_train_step_smoke():
     out = _run("train_step.py", "--models", "DAB-DETR,KS-DAB-DETR")
     rows = {r["model"]: r for r in _table(out, "architecture")}

@@ -329,9 +329,10 @@ class DeformableDetrTransformer(nn.Module):
         size, then re-scaled to every level's valid ratio."""
         points = []
         for lvl, (h, w) in enumerate(level_sizes):
+            # arange + 0.5 equals linspace(0.5, h - 0.5, h) exactly and traces with a dynamic h (ONNX export)
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -358,7 +359,12 @@ class DeformableDetrTransformer(nn.Module):
             masks.append(mask.flatten(1))
             poses.append(pos.flatten(2).transpose(1, 2) + self.level_embeds[lvl].view(1, 1, -1))
         device = feats[0].device
-        spatial_shapes = host_tensor(sizes, torch.long, device)  # no host sync on a GPU
+        if torch.jit.is_tracing():
+            # the sizes are traced 0-dim tensors: stack them so the exported graph follows the input size
+            spatial_shapes = torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in sizes])
+            spatial_shapes = spatial_shapes.to(device=device, dtype=torch.long)
+        else:
+            spatial_shapes = host_tensor(sizes, torch.long, device)  # no host sync on a GPU
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in multi_level_masks], 1)
         return MultiLevelInputs(
@@ -399,9 +405,9 @@ class DeformableDetrTransformer(nn.Module):
             mask = memory_padding_mask[:, start:start + h * w].view(n, h, w)
             valid_h = torch.sum(~mask[:, :, 0], 1)
             valid_w = torch.sum(~mask[:, 0, :], 1)
-            grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+            grid_y, grid_x = torch.meshgrid(  # = linspace(0, h - 1, h), traceable with a dynamic h
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             grid = torch.stack([grid_x, grid_y], -1)

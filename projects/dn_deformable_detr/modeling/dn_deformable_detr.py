@@ -149,7 +149,7 @@ class DNDeformableDETR(MultiScaleDETR):
         feats, masks, poses = self.multi_level_inputs(images)
         levels = self.transformer.flatten_inputs(feats, masks, poses)
         extra = self.transformer_inputs(images, masks, feats, levels, targets)
-        queries = self.build_queries(len(images), targets)
+        queries = self.build_queries(images.tensor.shape[0], targets)  # a traced size when exporting
         inter_states, init_reference, inter_references, _, _ = self.transformer(
             feats, masks, poses, queries["label_query"], queries["box_query"],
             attn_masks=[queries["attn_mask"], None], levels=levels, **extra,

@@ -48,7 +48,7 @@ class KSDNDeformableDETR(KSMultiScaleMixin, DNDeformableDETR):
         extra = self.transformer_inputs(images, masks, feats, levels, targets)
         memory, teacher_memories = self.transformer.encode_teachers(
             levels, self.ks_teacher_tokens(images, levels, targets), **extra)
-        queries = self.build_queries(len(images), targets)
+        queries = self.build_queries(images.tensor.shape[0], targets)  # a traced size when exporting
         q = self.transformer.prepare_queries(memory, levels, queries["label_query"], queries["box_query"])
         decode_inputs = {"query": q["query"], "query_pos": q["query_pos"], "reference_points": q["reference_points"],
                          "attn_masks": [queries["attn_mask"], None]}
