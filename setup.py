@@ -60,8 +60,9 @@ INSTALL_REQUIRES = [
 EXPORT_REQUIRES = ["onnx>=1.15", "onnxruntime>=1.17"]
 
 EXTRAS_REQUIRE = {
+    # pytest-xdist: the README's test command spreads the test files over the CPU cores (`-n auto`)
     # torchvision must be the release built for the installed torch (0.21 <-> 2.6, ..., 0.29 <-> 2.14)
-    "dev": ["pytest>=7", "black", "torchvision>=0.21", "timm>=1.0"] + EXPORT_REQUIRES,
+    "dev": ["pytest>=7", "pytest-xdist>=3.2", "black", "torchvision>=0.21", "timm>=1.0"] + EXPORT_REQUIRES,
     "export": EXPORT_REQUIRES,
     "fast-eval": ["faster-coco-eval>=1.8"],
 }

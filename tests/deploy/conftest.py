@@ -1,11 +1,6 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny CPU models: one intra-op thread avoids contention on a shared machine."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _every_test_one_thread(one_thread):
+    """Tiny CPU models: every test here runs with one intra-op thread (``one_thread``, tests/conftest.py)."""

@@ -27,8 +27,12 @@ def _model(models, name):
     return models[name]
 
 
-def _session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _export(models, name, tmp_path, dynamic):
+    """Export the tiny ``name`` model at batch 1 x H x W; returns (model, path, onnxruntime session)."""
+    model, cfg = _model(models, name)
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(model, str(path), H, W, batch=1, dynamic=dynamic, cfg=cfg)
+    return model, path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _assert_ok(reports):
@@ -39,10 +43,7 @@ def _assert_ok(reports):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fixed_export_matches_pytorch(name, models, tmp_path):
-    model, cfg = _model(models, name)
-    path = tmp_path / f"{name}.onnx"
-    export_onnx(model, str(path), H, W, batch=1, dynamic=False, cfg=cfg)
-    sess = _session(path)
+    model, path, sess = _export(models, name, tmp_path, dynamic=False)
     assert sess.get_inputs()[0].shape == [1, 3, H, W]
     assert [o.name for o in sess.get_outputs()] == ["boxes", "scores", "classes"]
     # the export inputs and another image of the same size, the second one partly padding
@@ -56,10 +57,7 @@ def test_fixed_export_matches_pytorch(name, models, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dynamic_export_matches_pytorch(name, models, tmp_path):
-    model, cfg = _model(models, name)
-    path = tmp_path / f"{name}.onnx"
-    export_onnx(model, str(path), H, W, batch=1, dynamic=True, cfg=cfg)
-    sess = _session(path)
+    model, path, sess = _export(models, name, tmp_path, dynamic=True)
     b, _, h, w = sess.get_inputs()[0].shape
     assert all(isinstance(d, str) for d in (b, h, w))
     # another batch size and image size, with non-integer feature strides and a padded second image
