@@ -9,8 +9,9 @@ seeds, then tabulate and plot their AP with a paired confidence interval.
         --report-dir projects/ks_detr/study/results/dab_hard --jobs 2 --threads 1 --eval-teachers \
         [key=value ...]                       # overrides applied to both arms
 
-    # compute-matched: a KS iteration costs about 1.5x a baseline one, so give the baseline 1.5x the iterations
-    python tools/ks_study.py ... --max-iter 1000 --baseline-max-iter 1500 ...
+    # compute-matched: give the baseline the KS/baseline wall-time ratio times the iterations (bench/study_ratio.py
+    # measures it: 1.37 for the DAB study pair on a CPU)
+    python tools/ks_study.py ... --max-iter 1500 --baseline-max-iter 2060 ...
 
     # AP of a trained KS model's teacher branches, which see the ground truth (as KS-DETR's teacher-attn-accu.png)
     python tools/ks_study.py teachers --config-file <ks config> --checkpoint <model_final.pth> [--output t.json]
