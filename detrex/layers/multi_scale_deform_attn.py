@@ -145,11 +145,16 @@ def multi_scale_deformable_attn_pytorch(
     # (B, Q, M, L, P) -> (B*M, 1, Q, L, P): broadcasts against (B*M, D, Q, P) per level
     weights = attention_weights.transpose(1, 2).reshape(b * m, 1, q, num_levels, p)
     output = None
-    start = 0
+    if _tracing():  # traced sizes: slice level by level (split needs Python ints)
+        starts = [0]
+        for h, w in sizes[:-1]:
+            starts.append(starts[-1] + h * w)
+        value_per_level = [value[:, st:st + h * w] for st, (h, w) in zip(starts, sizes)]
+    else:  # one split: its backward is one concatenation, where slices would give one scatter per level
+        value_per_level = value.split([h * w for h, w in sizes], dim=1)
     for lvl, (h, w) in enumerate(sizes):
-        # level lvl's tokens (slicing, not split: the sizes may be traced values) (B, H*W, M, D) -> (B*M, D, H, W)
-        value_l = value[:, start:start + h * w].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)
-        start = start + h * w
+        # (B, H*W, M, D) -> (B*M, D, H, W)
+        value_l = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)
         # (B, Q, M, P, 2) -> (B*M, Q, P, 2)
         grid_l = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)

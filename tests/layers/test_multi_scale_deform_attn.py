@@ -117,6 +117,21 @@ def test_gradcheck_float64():
         (value, loc, weights), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+def test_value_gradient_is_one_concatenation_not_a_scatter_per_level():
+    """Eager runs split the value into levels once: the backward joins the levels' gradients with one ``cat``.
+    Slicing level by level (as the traced export path must) would add a zero-fill and copy per level to every
+    deformable layer's backward, i.e. kernel launches on a GPU."""
+    from detrex.utils.op_count import OpCounter
+
+    value, loc, weights = make_inputs(seed=5, requires_grad=True)
+    out = multi_scale_deformable_attn_pytorch(value, spatial_shapes(), loc, weights)
+    with OpCounter() as counter:
+        out.sum().backward()
+    ops = {name: n for (_, name), n in counter.by_op.items()}
+    assert ops.get("slice_backward", 0) == 0, ops
+    assert value.grad is not None and value.grad.shape == value.shape
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_half_precision_close_to_float32(dtype, atol):
     """Documented tolerance: max abs error vs float32 on the same (rounded) inputs, outputs |y| <= ~2:

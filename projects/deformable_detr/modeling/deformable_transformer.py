@@ -329,10 +329,10 @@ class DeformableDetrTransformer(nn.Module):
         size, then re-scaled to every level's valid ratio."""
         points = []
         for lvl, (h, w) in enumerate(level_sizes):
-            # arange + 0.5 equals linspace(0.5, h - 0.5, h) exactly and traces with a dynamic h (ONNX export)
+            # arange(0.5, h) equals linspace(0.5, h - 0.5, h) exactly and traces with a dynamic h (ONNX export)
             ref_y, ref_x = torch.meshgrid(
-                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
-                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(0.5, h, dtype=torch.float32, device=device),
+                torch.arange(0.5, w, dtype=torch.float32, device=device),
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
